@@ -1,0 +1,5 @@
+import sys
+
+from sparkiot.cli import main
+
+sys.exit(main())

@@ -1,0 +1,288 @@
+"""JSON payloads to readings.
+
+Accepted shapes, alone or as elements of a top-level array:
+
+* one reading: ``{"device_id": "d1", "metric": "temp", "ts": 1714564800, "value": 21.5}``;
+* several metrics of one device: ``{"device_id": "d1", "ts": ..., "temp": 21.5, "rh": 40}``, or
+  the metrics under one key: ``{"device_id": "d1", "ts": ..., "metrics": {"temp": 21.5}}``;
+* a bare number, when the topic pattern names the device and the metric.
+
+Device id, site and metric come from the payload or, where absent there, from topic segments
+named by ``topic_pattern`` (``sensors/{site}/{device_id}/{metric}``). Field names are configured.
+
+Each failure becomes a dead letter with a stable reason code. One bad element of an array, or one
+bad metric of a multi-metric object, becomes its own dead letter; the good ones still become
+readings. ``NaN`` and ``Infinity`` are rejected as ``non_finite_value`` even though Python's
+``json`` module would accept them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import NamedTuple
+
+from sparkiot.codecs.timestamps import TimestampError, to_us
+from sparkiot.config import CodecConfig
+from sparkiot.readings import DeadLetter, Reading, Reason, derive_msg_id
+
+
+class Decoded(NamedTuple):
+    """What one payload became: readings and dead letters, either list possibly empty."""
+
+    readings: list[Reading]
+    dead_letters: list[DeadLetter]
+
+
+class _NonFinite:
+    """Marker for the JSON constants NaN, Infinity and -Infinity."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+class _Reject(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class JsonCodec:
+    """Decode JSON payloads into readings according to a :class:`CodecConfig`."""
+
+    def __init__(self, config: CodecConfig, *, dead_letter_raw_bytes: int = 4096) -> None:
+        self.config = config
+        self.dead_letter_raw_bytes = dead_letter_raw_bytes
+        self._pattern = config.topic_pattern.split("/") if config.topic_pattern else None
+        self._min_us = int(config.min_timestamp.timestamp()) * 1_000_000
+        self._max_future_us = int(config.max_future * 1_000_000)
+        self._reserved = {
+            config.device_id_field,
+            config.metric_field,
+            config.value_field,
+            config.ts_field,
+            config.unit_field,
+            config.site_field,
+            config.id_field,
+            config.metrics_field,
+        }
+
+    def decode(self, payload: bytes, topic: str, received_us: int) -> Decoded:
+        """Decode one payload received on ``topic`` at ``received_us`` (UTC microseconds)."""
+        try:
+            document = self._parse(payload)
+            topic_fields = self._topic_fields(topic)
+        except _Reject as reject:
+            return Decoded([], [self._dead_letter(payload, topic, reject, received_us)])
+
+        readings: list[Reading] = []
+        dead_letters: list[DeadLetter] = []
+        elements = document if isinstance(document, list) else [document]
+        if not elements:
+            reject = _Reject(Reason.UNSUPPORTED_SHAPE, "the payload is an empty JSON array; send at least one reading")
+            return Decoded([], [self._dead_letter(payload, topic, reject, received_us)])
+        for index, element in enumerate(elements):
+            where = f"element {index}: " if isinstance(document, list) else ""
+            self._decode_element(element, topic, topic_fields, received_us, where, readings, dead_letters)
+        return Decoded(readings, dead_letters)
+
+    def _parse(self, payload: bytes) -> object:
+        if not payload:
+            raise _Reject(Reason.EMPTY_PAYLOAD, "the payload is empty; send a JSON reading")
+        if len(payload) > self.config.max_payload_bytes:
+            raise _Reject(
+                Reason.PAYLOAD_TOO_LARGE,
+                f"payload of {len(payload)} bytes exceeds codec.max_payload_bytes={self.config.max_payload_bytes}; "
+                "split it or raise the limit",
+            )
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _Reject(Reason.INVALID_UTF8, f"the payload is not UTF-8 text (byte {exc.start}); send UTF-8 JSON") from None
+        try:
+            return json.loads(text, parse_constant=_NonFinite)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise _Reject(Reason.INVALID_JSON, f"invalid JSON: {exc}") from None
+
+    def _topic_fields(self, topic: str) -> dict[str, str]:
+        if self._pattern is None:
+            return {}
+        segments = topic.split("/")
+        if len(segments) != len(self._pattern):
+            raise _Reject(
+                Reason.TOPIC_MISMATCH,
+                f"topic {topic!r} has {len(segments)} segments but codec.topic_pattern "
+                f"{self.config.topic_pattern!r} has {len(self._pattern)}",
+            )
+        fields: dict[str, str] = {}
+        for name, segment in zip(self._pattern, segments):
+            if name.startswith("{"):
+                if name != "{_}":
+                    fields[name[1:-1]] = segment
+            elif name != segment:
+                raise _Reject(
+                    Reason.TOPIC_MISMATCH,
+                    f"topic {topic!r} does not match codec.topic_pattern {self.config.topic_pattern!r} at {segment!r}",
+                )
+        return fields
+
+    def _decode_element(
+        self,
+        element: object,
+        topic: str,
+        topic_fields: dict[str, str],
+        received_us: int,
+        where: str,
+        readings: list[Reading],
+        dead_letters: list[DeadLetter],
+    ) -> None:
+        config = self.config
+        try:
+            if isinstance(element, dict):
+                device_id = self._identifier(element, config.device_id_field, topic_fields.get("device_id"), "device_id")
+                site = _optional_text(element.get(config.site_field), topic_fields.get("site"))
+                ts_us = self._timestamp(element.get(config.ts_field), received_us)
+                payload_id = element.get(config.id_field)
+                unit = _optional_text(element.get(config.unit_field), None)
+                metrics = self._metrics(element, topic_fields)
+            elif self._is_scalar_value(element) and "device_id" in topic_fields and "metric" in topic_fields:
+                device_id = topic_fields["device_id"]
+                site = topic_fields.get("site")
+                ts_us = self._timestamp(None, received_us)
+                payload_id = None
+                unit = None
+                metrics = [(topic_fields["metric"], element)]
+            else:
+                raise _Reject(
+                    Reason.UNSUPPORTED_SHAPE,
+                    f"expected a JSON object (or a bare number with a topic pattern naming device_id and metric), "
+                    f"got {type(element).__name__}",
+                )
+        except _Reject as reject:
+            reject.detail = where + reject.detail
+            dead_letters.append(self._dead_letter(_element_bytes(element), topic, reject, received_us))
+            return
+
+        single = len(metrics) == 1 and isinstance(element, dict) and config.value_field in element
+        for metric, raw_value in metrics:
+            try:
+                value = self._number(raw_value, metric)
+            except _Reject as reject:
+                reject.detail = where + reject.detail
+                raw = _element_bytes({metric: raw_value} if not single else element)
+                dead_letters.append(self._dead_letter(raw, topic, reject, received_us))
+                continue
+            if payload_id is None or isinstance(payload_id, (dict, list)):
+                msg_id = derive_msg_id(device_id, metric, ts_us, value)
+            else:
+                msg_id = str(payload_id) if single else f"{payload_id}:{metric}"
+            readings.append(Reading(device_id, metric, ts_us, value, unit, site, msg_id, received_us, topic))
+
+    def _identifier(self, element: dict, field: str, fallback: str | None, name: str) -> str:
+        value = element.get(field, fallback)
+        if value is None:
+            raise _Reject(
+                Reason.MISSING_FIELD,
+                f"missing {name}: put it in field {field!r} or name it in codec.topic_pattern",
+            )
+        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
+            raise _Reject(Reason.INVALID_FIELD, f"{name} {value!r} must be a non-empty string")
+        return str(value)
+
+    def _metrics(self, element: dict, topic_fields: dict[str, str]) -> list[tuple[str, object]]:
+        config = self.config
+        if config.value_field in element:
+            metric = self._identifier(element, config.metric_field, topic_fields.get("metric"), "metric")
+            return [(metric, element[config.value_field])]
+        nested = element.get(config.metrics_field)
+        if isinstance(nested, dict):
+            if not nested:
+                raise _Reject(Reason.MISSING_FIELD, f"field {config.metrics_field!r} is an empty object; add metrics")
+            return list(nested.items())
+        metrics = [(key, value) for key, value in element.items() if key not in self._reserved]
+        if not metrics:
+            raise _Reject(
+                Reason.MISSING_FIELD,
+                f"no value: add field {config.value_field!r}, an object {config.metrics_field!r}, or metric fields",
+            )
+        return metrics
+
+    @staticmethod
+    def _is_scalar_value(element: object) -> bool:
+        return isinstance(element, (int, float, str, _NonFinite)) or element is None
+
+    def _number(self, raw: object, metric: str) -> float:
+        if isinstance(raw, bool):
+            return 1.0 if raw else 0.0
+        if isinstance(raw, int):
+            try:
+                return float(raw)
+            except OverflowError:
+                raise _Reject(Reason.NON_FINITE_VALUE, f"metric {metric!r}: value {raw} is too large for a double") from None
+        if isinstance(raw, float):
+            if math.isinf(raw):
+                raise _Reject(Reason.NON_FINITE_VALUE, f"metric {metric!r}: value {raw} is too large for a double")
+            return raw
+        if isinstance(raw, _NonFinite):
+            raise _Reject(Reason.NON_FINITE_VALUE, f"metric {metric!r}: value {raw.text} is not a finite number")
+        if isinstance(raw, str) and self.config.numbers_as_strings:
+            try:
+                value = float(raw)
+            except ValueError:
+                raise _Reject(Reason.NON_NUMERIC_VALUE, f"metric {metric!r}: value {raw!r} is not a number") from None
+            if not math.isfinite(value):
+                raise _Reject(Reason.NON_FINITE_VALUE, f"metric {metric!r}: value {raw!r} is not a finite number")
+            return value
+        if isinstance(raw, str):
+            raise _Reject(
+                Reason.NON_NUMERIC_VALUE,
+                f"metric {metric!r}: value {raw!r} is a string; send a JSON number or set codec.numbers_as_strings",
+            )
+        raise _Reject(Reason.NON_NUMERIC_VALUE, f"metric {metric!r}: value {_shorten(raw)} is not a number")
+
+    def _timestamp(self, raw: object, received_us: int) -> int:
+        if raw is None:
+            if self.config.missing_timestamp == "receive_time":
+                return received_us
+            raise _Reject(
+                Reason.MISSING_TIMESTAMP,
+                f"missing timestamp field {self.config.ts_field!r}; send one or set codec.missing_timestamp: receive_time",
+            )
+        try:
+            ts_us = to_us(raw, self.config.ts_unit, self.config.timezone)
+        except (TimestampError, OverflowError) as exc:
+            raise _Reject(Reason.INVALID_TIMESTAMP, str(exc)) from None
+        if ts_us < self._min_us:
+            raise _Reject(
+                Reason.TIMESTAMP_OUT_OF_RANGE,
+                f"timestamp {raw!r} is before codec.min_timestamp {self.config.min_timestamp.isoformat()}; "
+                "check the device clock or the epoch unit (codec.ts_unit)",
+            )
+        if ts_us > received_us + self._max_future_us:
+            raise _Reject(
+                Reason.TIMESTAMP_OUT_OF_RANGE,
+                f"timestamp {raw!r} is more than codec.max_future={self.config.max_future:g}s ahead of the receive time; "
+                "check the device clock or the epoch unit (codec.ts_unit)",
+            )
+        return ts_us
+
+    def _dead_letter(self, raw: bytes, topic: str, reject: _Reject, received_us: int) -> DeadLetter:
+        return DeadLetter(raw[: self.dead_letter_raw_bytes], len(raw), topic, reject.reason.value, reject.detail, received_us)
+
+
+def _optional_text(value: object, fallback: str | None) -> str | None:
+    if value is None:
+        return fallback
+    return str(value)
+
+
+def _element_bytes(element: object) -> bytes:
+    return json.dumps(element, default=lambda marker: marker.text, allow_nan=True).encode()
+
+
+def _shorten(value: object, limit: int = 60) -> str:
+    text = json.dumps(value, default=lambda marker: marker.text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,266 @@
+"""Pipeline configuration: one YAML file, validated, one model per section.
+
+Durations are strings with a unit (``"30s"``, ``"5m"``, ``"250ms"``) and sizes are strings with
+a binary unit (``"64MiB"``) or plain byte counts; both are parsed here and nowhere else. Unknown
+keys are rejected, so a misspelt option fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+
+_UTC = timezone.utc
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the field, the value and the fix."""
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Return a duration in seconds from ``"250ms"``, ``"30s"``, ``"5m"``, ``"2h"`` or ``"7d"``."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid duration {text!r}: write a number with a unit, such as '30s'")
+    if isinstance(text, (int, float)):
+        raise ValueError(f"invalid duration {text!r}: add a unit (ms, s, m, h or d), such as '{text}s'")
+    match = _DURATION_RE.match(text)
+    if not match:
+        raise ValueError(f"invalid duration {text!r}: write a number with a unit (ms, s, m, h or d), such as '30s'")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str | int) -> int:
+    """Return a size in bytes from ``4096``, ``"64KiB"``, ``"64MiB"`` or ``"1GiB"``."""
+    if isinstance(text, bool):
+        raise ValueError(f"invalid size {text!r}: write a byte count or a number with a unit, such as '64MiB'")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"invalid size {text}: sizes cannot be negative")
+        return text
+    match = _SIZE_RE.match(str(text))
+    if not match or match.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"invalid size {text!r}: write a byte count or a number with a unit (KiB, MiB, GiB), such as '64MiB'")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+Seconds = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(lambda seconds: f"{seconds:g}s", when_used="json")]
+Bytes = Annotated[int, BeforeValidator(parse_size)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Section):
+    """Where readings come from: an MQTT broker and the topics to subscribe to."""
+
+    broker: str = Field(
+        default="embedded",
+        description="'embedded' starts an in-process broker on a free port; otherwise mqtt://HOST:PORT",
+    )
+    topics: list[str] = ["sensors/#"]
+    qos: Literal[1, 2] = 1
+    client_id: str = "sparkiot-ingest"
+    protocol: Literal["3.1.1", "5"] = "5"
+    keepalive: Seconds = 30.0
+    session_expiry: Seconds = 86400.0
+    reconnect_min: Seconds = 1.0
+    reconnect_max: Seconds = 60.0
+
+    @field_validator("broker")
+    @classmethod
+    def _check_broker(cls, value: str) -> str:
+        if value != "embedded" and not re.match(r"^mqtts?://[^:/]+(:\d+)?/?$", value):
+            raise ValueError(f"invalid broker {value!r}: use 'embedded' or a URL such as 'mqtt://127.0.0.1:1883'")
+        return value
+
+
+class CodecConfig(_Section):
+    """How payloads become readings."""
+
+    format: Literal["json"] = "json"
+    topic_pattern: str | None = Field(
+        default=None,
+        description="names topic segments, such as 'sensors/{site}/{device_id}/{metric}'",
+    )
+    device_id_field: str = "device_id"
+    metric_field: str = "metric"
+    value_field: str = "value"
+    ts_field: str = "ts"
+    unit_field: str = "unit"
+    site_field: str = "site"
+    id_field: str = "id"
+    metrics_field: str = "metrics"
+    ts_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
+    timezone: str = "UTC"
+    numbers_as_strings: bool = False
+    missing_timestamp: Literal["reject", "receive_time"] = "reject"
+    max_payload_bytes: Bytes = 256 * 1024
+    min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=_UTC)
+    max_future: Seconds = 3600.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
+        return value
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        for segment in value.split("/"):
+            if "{" in segment and not re.fullmatch(r"\{(site|device_id|metric|_)\}", segment):
+                raise ValueError(
+                    f"invalid topic segment {segment!r}: a placeholder fills a whole segment and is one of "
+                    "{site}, {device_id}, {metric} or {_}"
+                )
+        return value
+
+    @field_validator("min_timestamp")
+    @classmethod
+    def _check_min(cls, value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=_UTC)
+
+
+class LandingConfig(_Section):
+    """The durable landing log between ingest and Spark."""
+
+    segment_bytes: Bytes = 64 * 1024**2
+    retention_bytes: Bytes = 2 * 1024**3
+    retention_age: Seconds = 7 * 86400.0
+    batch_max_messages: int = Field(default=5000, ge=1, description="messages landed with one fsync at most")
+    dead_letter_raw_bytes: Bytes = 4096
+
+
+class WindowConfig(_Section):
+    """One event-time window: tumbling when ``slide`` is absent, sliding otherwise."""
+
+    size: Seconds
+    slide: Seconds | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{_format_seconds(self.size)}" + (f"/{_format_seconds(self.slide)}" if self.slide else "")
+
+
+class AnomalyConfig(_Section):
+    """The rolling z-score detector that raises alerts."""
+
+    enabled: bool = True
+    window: int = Field(default=60, ge=2, description="readings per series in the rolling statistics")
+    warmup: int = Field(default=30, ge=2, description="readings a series needs before it can alert")
+    threshold: float = Field(default=4.0, gt=0)
+    alert_topic: str = "sparkiot/alerts"
+
+
+class StateConfig(_Section):
+    """The latest-value state store."""
+
+    kind: Literal["sqlite"] = "sqlite"
+    path: str | None = Field(default=None, description="SQLite file; default DATA_DIR/state.sqlite")
+
+
+class SparkConfig(_Section):
+    """The Spark runtime."""
+
+    master: str = "local[*]"
+    trigger: Seconds = 1.0
+    side_trigger: Seconds = 5.0
+    shuffle_partitions: int = Field(default=2, ge=1)
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    conf: dict[str, str] = {}
+
+
+class PipelineConfig(_Section):
+    """A whole pipeline: source, codec, landing log, windows, anomaly rule, sinks and Spark."""
+
+    name: str = "default"
+    data_dir: str = "sparkiot-data"
+    source: SourceConfig = SourceConfig()
+    codec: CodecConfig = CodecConfig()
+    landing: LandingConfig = LandingConfig()
+    watermark: Seconds = 600.0
+    windows: list[WindowConfig] = [WindowConfig(size="5m"), WindowConfig(size="1h", slide="15m")]
+    anomaly: AnomalyConfig = AnomalyConfig()
+    state: StateConfig = StateConfig()
+    spark: SparkConfig = SparkConfig()
+
+    @field_validator("windows")
+    @classmethod
+    def _check_windows(cls, value: list[WindowConfig]) -> list[WindowConfig]:
+        if not value:
+            raise ValueError("at least one window is needed, such as [{size: '5m'}]")
+        for window in value:
+            if window.slide is not None and (window.slide > window.size or window.size % window.slide):
+                raise ValueError(
+                    f"window size {window.name}: the slide must divide the size, such as size '1h' with slide '15m'"
+                )
+        return value
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state.path) if self.state.path else self.data_path / "state.sqlite"
+
+
+def _format_seconds(seconds: float) -> str:
+    for unit, factor in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= factor and seconds % factor == 0:
+            return f"{int(seconds // factor)}{unit}"
+    return f"{int(seconds * 1000)}ms"
+
+
+def load_config(path: str | Path, **overrides: object) -> PipelineConfig:
+    """Read and validate a pipeline file; ``overrides`` replace top-level keys.
+
+    Raises :class:`ConfigError` with one line per problem: the field path, the bad value and
+    what to write instead.
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"pipeline file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must contain a mapping of sections (source, codec, windows, ...), not {type(raw).__name__}")
+    raw.update({key: value for key, value in overrides.items() if value is not None})
+    return build_config(raw, origin=str(path))
+
+
+def build_config(raw: dict, origin: str = "configuration") -> PipelineConfig:
+    """Validate a configuration mapping, raising :class:`ConfigError` with readable lines."""
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+            message = error["msg"].removeprefix("Value error, ")
+            if error["type"] == "extra_forbidden":
+                message = "unknown option: check the spelling against examples/pipeline.yaml"
+            value = error.get("input")
+            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            lines.append(f"  {where}: {message}{shown}")
+        raise ConfigError(f"invalid pipeline in {origin}:\n" + "\n".join(lines)) from None

@@ -1,0 +1,59 @@
+"""paho-mqtt 2.x clients built the same way everywhere: protocol, session and reconnect settings."""
+
+from __future__ import annotations
+
+import threading
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """Return ``(host, port)`` of ``mqtt://HOST[:PORT]``; the port defaults to 1883."""
+    parsed = urlparse(url)
+    if parsed.scheme not in ("mqtt", "tcp") or not parsed.hostname:
+        raise ValueError(f"invalid broker URL {url!r}: use mqtt://HOST:PORT, such as mqtt://127.0.0.1:1883")
+    return parsed.hostname, parsed.port or 1883
+
+
+def new_client(client_id: str = "", *, protocol: str = "5", persistent: bool = False) -> mqtt.Client:
+    """Return a paho client speaking MQTT ``5`` or ``3.1.1``; ``persistent`` keeps the session across reconnects."""
+    if protocol == "5":
+        return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    return mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv311,
+        clean_session=not persistent,
+    )
+
+
+def connect_properties(protocol: str, *, session_expiry: float, receive_maximum: int = 65535) -> Properties | None:
+    """Return MQTT 5 CONNECT properties: session expiry and the receive maximum (ack window)."""
+    if protocol != "5":
+        return None
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = int(session_expiry)
+    properties.ReceiveMaximum = receive_maximum
+    return properties
+
+
+def connect_publisher(url: str, *, client_id: str = "", protocol: str = "5", timeout: float = 10.0) -> mqtt.Client:
+    """Connect a publishing client, start its network thread and return it once connected."""
+    host, port = parse_broker_url(url)
+    client = new_client(client_id, protocol=protocol)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
+    try:
+        client.connect(host, port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(f"cannot connect to MQTT broker {url}: {exc}; check that it runs and the URL") from None
+    client.loop_start()
+    if not connected.wait(timeout):
+        client.loop_stop()
+        raise ConnectionError(f"MQTT broker {url} accepted TCP but did not complete the MQTT handshake within {timeout:g}s")
+    return client

@@ -1,0 +1,236 @@
+"""The Spark Structured Streaming job: landing logs in, tables and latest-value state out.
+
+Queries, each with its own checkpoint under ``DATA_DIR/checkpoints``:
+
+* ``readings``: drops duplicates by ``msg_id`` within the watermark, writes ``tables/readings``
+  and updates the latest-value state store;
+* ``windows``: the same deduplication, then event-time tumbling and sliding windows per
+  (device_id, metric) with count, mean, min, max, stddev and approximate p50/p95, written to
+  ``tables/windows`` once the watermark passes the window's end (append mode);
+* ``late``, ``dead_letters``, ``alerts``: copy their landing logs to tables of the same name.
+
+Exactly-once: every table is partitioned by ``date`` and ``batch_id`` and written with dynamic
+partition overwrite, so a micro-batch replayed after a crash replaces its own files instead of
+adding to them; the state store update is idempotent. Spark's checkpoint records each batch's
+offsets before the batch runs, so a replay reads the same records.
+
+NOTE: a window is written only when the watermark (largest event time minus ``watermark``)
+passes its end, so the newest windows of a stream that stops stay open until more data arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from sparkiot.config import PipelineConfig, WindowConfig
+from sparkiot.ingest.consumer import landing_dir
+from sparkiot.state.sqlite import LatestValueStore
+from sparkiot.stream.source import SOURCE_NAME, LandingSource
+
+log = logging.getLogger(__name__)
+
+TABLES = ("readings", "windows", "late", "dead_letters", "alerts")
+# The event-time column that dates each table's partitions.
+_DATE_COLUMN = {"readings": "ts", "late": "ts", "dead_letters": "received_ts", "alerts": "ts"}
+
+
+def table_path(config: PipelineConfig, table: str) -> Path:
+    return config.data_path / "tables" / table
+
+
+def write_batch(df: DataFrame, path: Path, batch_id: int, date_column: str) -> None:
+    """Write one micro-batch idempotently: its (date, batch_id) partitions are replaced, nothing else."""
+    (
+        df.withColumn("date", F.to_date(F.col(date_column)))
+        .withColumn("batch_id", F.lit(batch_id).cast("long"))
+        .write.mode("overwrite")
+        .option("partitionOverwriteMode", "dynamic")
+        .partitionBy("date", "batch_id")
+        .parquet(str(path))
+    )
+
+
+def _interval(seconds: float) -> str:
+    return f"{int(round(seconds * 1000))} milliseconds"
+
+
+class StreamingJob:
+    """Builds and runs the job's streaming queries on a SparkSession."""
+
+    def __init__(self, spark: SparkSession, config: PipelineConfig) -> None:
+        self.spark = spark
+        self.config = config
+        self.queries = []
+        # Rows written and micro-batches run, per query; foreachBatch handlers run in this process.
+        self.rows_written: dict[str, int] = {}
+        self.batches: dict[str, int] = {}
+        self._counter_lock = threading.Lock()
+        spark.dataSource.register(LandingSource)
+
+    def _read(self, log_name: str, consumer: str) -> DataFrame:
+        return (
+            self.spark.readStream.format(SOURCE_NAME)
+            .option("path", str(landing_dir(self.config, log_name)))
+            .option("log", log_name)
+            .option("consumer", consumer)
+            .load()
+        )
+
+    def _deduplicated(self, consumer: str) -> DataFrame:
+        watermark = _interval(self.config.watermark)
+        return self._read("readings", consumer).withWatermark("ts", watermark).dropDuplicatesWithinWatermark(["msg_id"])
+
+    def _count(self, name: str, rows: int) -> None:
+        with self._counter_lock:
+            self.rows_written[name] = self.rows_written.get(name, 0) + rows
+            self.batches[name] = self.batches.get(name, 0) + 1
+
+    def _start(self, df: DataFrame, name: str, handler, trigger_seconds: float, output_mode: str = "append"):
+        def counted(batch: DataFrame, batch_id: int) -> None:
+            batch = batch.persist()
+            try:
+                rows = handler(batch, batch_id)
+            finally:
+                batch.unpersist()
+            self._count(name, rows)
+
+        query = (
+            df.writeStream.queryName(name)
+            .outputMode(output_mode)
+            .foreachBatch(counted)
+            .option("checkpointLocation", str(self.config.data_path / "checkpoints" / name))
+            .trigger(processingTime=_interval(trigger_seconds))
+            .start()
+        )
+        self.queries.append(query)
+        log.info("started query %s (checkpoint %s)", name, self.config.data_path / "checkpoints" / name)
+        return query
+
+    def start(self) -> None:
+        """Start every query; they run until :meth:`stop`."""
+        spark_config = self.config.spark
+        self._start(self._deduplicated("readings"), "readings", self._write_readings, spark_config.trigger)
+        self._start(self.window_frame(), "windows", self._write_windows, spark_config.trigger)
+        for name in ("late", "dead_letters", "alerts"):
+            self._start(self._read(name, name), name, self._copier(name), spark_config.side_trigger)
+
+    def window_frame(self) -> DataFrame:
+        """Return the streaming aggregation of every configured window over deduplicated readings."""
+        deduplicated = self._deduplicated("windows")
+        per_window = [self._assign_window(deduplicated, window) for window in self.config.windows]
+        assigned = per_window[0]
+        for other in per_window[1:]:
+            assigned = assigned.unionByName(other)
+        return assigned.groupBy("window_name", "window", "device_id", "metric").agg(
+            F.count("value").alias("count"),
+            F.avg("value").alias("mean"),
+            F.min("value").alias("min"),
+            F.max("value").alias("max"),
+            F.stddev_samp("value").alias("stddev"),
+            F.percentile_approx("value", [0.5, 0.95], 10000).alias("quantiles"),
+        )
+
+    @staticmethod
+    def _assign_window(df: DataFrame, window: WindowConfig) -> DataFrame:
+        size = _interval(window.size)
+        slide = _interval(window.slide) if window.slide else None
+        return df.select(
+            F.lit(window.name).alias("window_name"),
+            F.window("ts", size, slide).alias("window") if slide else F.window("ts", size).alias("window"),
+            "device_id",
+            "metric",
+            "value",
+        )
+
+    def _write_readings(self, df: DataFrame, batch_id: int) -> int:
+        count = df.count()
+        if count == 0:
+            return 0
+        write_batch(df, table_path(self.config, "readings"), batch_id, "ts")
+        latest = (
+            df.groupBy("device_id", "metric")
+            .agg(F.max_by(F.struct("ts", "value", "unit", "site"), "ts").alias("last"))
+            .select("device_id", "metric", "last.*")
+            .collect()
+        )
+        now_us = time.time_ns() // 1000
+        rows = [(row.device_id, row.metric, _to_us(row.ts), row.value, row.unit, row.site, now_us) for row in latest]
+        store = LatestValueStore(self.config.state_path)
+        try:
+            store.upsert(rows)
+        finally:
+            store.close()
+        return count
+
+    def _write_windows(self, df: DataFrame, batch_id: int) -> int:
+        count = df.count()
+        if count == 0:
+            return 0
+        flat = df.select(
+            "window_name",
+            "device_id",
+            "metric",
+            F.col("window.start").alias("window_start"),
+            F.col("window.end").alias("window_end"),
+            "count",
+            "mean",
+            "min",
+            "max",
+            "stddev",
+            F.col("quantiles")[0].alias("p50"),
+            F.col("quantiles")[1].alias("p95"),
+        )
+        write_batch(flat, table_path(self.config, "windows"), batch_id, "window_start")
+        return count
+
+    def _copier(self, name: str):
+        path = table_path(self.config, name)
+        date_column = _DATE_COLUMN[name]
+
+        def copy(df: DataFrame, batch_id: int) -> int:
+            count = df.count()
+            if count:
+                write_batch(df, path, batch_id, date_column)
+            return count
+
+        return copy
+
+    def process_all_available(self) -> None:
+        """Block until every query has processed everything landed so far (queries wait in parallel)."""
+        waiters = [threading.Thread(target=query.processAllAvailable) for query in self.queries]
+        for waiter in waiters:
+            waiter.start()
+        for waiter in waiters:
+            waiter.join()
+
+    def failed_query(self):
+        """Return the first query that stopped with an error, or None."""
+        for query in self.queries:
+            if not query.isActive and query.exception() is not None:
+                return query
+        return None
+
+    def stop(self) -> None:
+        for query in self.queries:
+            try:
+                query.stop()
+            except Exception:  # noqa: BLE001 - stopping the rest matters more
+                log.warning("query %s did not stop cleanly", query.name, exc_info=True)
+        self.queries.clear()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _to_us(ts: datetime) -> int:
+    # Spark returns naive datetimes in the session time zone, which sparkiot sets to UTC.
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return (ts - _EPOCH) // timedelta(microseconds=1)
