@@ -171,7 +171,7 @@ def cmd_replay(args) -> int:
         series.append(loaded)
     replayer = Replayer(
         series, args.broker, speed=args.speed, batch=args.batch, topic_template=args.topic,
-        protocol=args.protocol, limit=args.limit,
+        protocol=args.protocol, limit=args.limit, linger=args.linger,
     )
     signal.signal(signal.SIGTERM, lambda *_: replayer.stop())
     try:
@@ -252,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--topic", default="sensors/{site}/{device_id}", help="topic template (default sensors/{site}/{device_id})")
     replay.add_argument("--protocol", choices=["5", "3.1.1"], default="5", help="MQTT version (default 5)")
     replay.add_argument("--limit", type=int, help="send only the first N rows")
+    replay.add_argument("--linger", type=float, default=0.1, help="seconds a row may wait for its message to fill (default 0.1)")
     replay.set_defaults(handler=cmd_replay)
 
     decode = commands.add_parser("decode", help="print the readings a payload on stdin becomes")

@@ -14,11 +14,11 @@ from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator
 
 _UTC = timezone.utc
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([a-zA-Z]*)\s*$")
 
@@ -33,7 +33,9 @@ def parse_duration(text: str | int | float) -> float:
         raise ValueError(f"invalid duration {text!r}: write a number with a unit, such as '30s'")
     if isinstance(text, (int, float)):
         raise ValueError(f"invalid duration {text!r}: add a unit (ms, s, m, h or d), such as '{text}s'")
-    match = _DURATION_RE.match(text)
+    if not isinstance(text, str):
+        raise ValueError(f"invalid duration {text!r}: write a number with a unit (ms, s, m, h or d), such as '30s'")
+    match = _DURATION_RE.fullmatch(text)
     if not match:
         raise ValueError(f"invalid duration {text!r}: write a number with a unit (ms, s, m, h or d), such as '30s'")
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -80,7 +82,10 @@ class SourceConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if value != "embedded" and not re.match(r"^mqtts?://[^:/]+(:\d+)?/?$", value):
+        if value == "embedded":
+            return value
+        match = re.fullmatch(r"mqtts?://[^:/\s]+(?::(\d+))?/?", value)
+        if not match or (match.group(1) and not 0 < int(match.group(1)) < 65536):
             raise ValueError(f"invalid broker {value!r}: use 'embedded' or a URL such as 'mqtt://127.0.0.1:1883'")
         return value
 
@@ -114,7 +119,7 @@ class CodecConfig(_Section):
     def _check_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
             raise ValueError(f"unknown time zone {value!r}: use an IANA name such as 'UTC' or 'Europe/Berlin'") from None
         return value
 
@@ -153,6 +158,13 @@ class WindowConfig(_Section):
     size: Seconds
     slide: Seconds | None = None
 
+    @field_validator("size", "slide")
+    @classmethod
+    def _check_positive(cls, value: float | None) -> float | None:
+        if value is not None and value < 0.001:
+            raise ValueError(f"window durations must be at least 1ms, got {value:g}s")
+        return value
+
     @property
     def name(self) -> str:
         return f"{_format_seconds(self.size)}" + (f"/{_format_seconds(self.slide)}" if self.slide else "")
@@ -166,6 +178,12 @@ class AnomalyConfig(_Section):
     warmup: int = Field(default=30, ge=2, description="readings a series needs before it can alert")
     threshold: float = Field(default=4.0, gt=0)
     alert_topic: str = "sparkiot/alerts"
+
+    @model_validator(mode="after")
+    def _check_warmup(self) -> "AnomalyConfig":
+        if self.warmup > self.window:
+            raise ValueError(f"anomaly.warmup={self.warmup} cannot exceed anomaly.window={self.window}: the window holds at most {self.window} readings")
+        return self
 
 
 class StateConfig(_Section):
@@ -206,7 +224,8 @@ class PipelineConfig(_Section):
         if not value:
             raise ValueError("at least one window is needed, such as [{size: '5m'}]")
         for window in value:
-            if window.slide is not None and (window.slide > window.size or window.size % window.slide):
+            size_ms, slide_ms = round(window.size * 1000), round((window.slide or window.size) * 1000)
+            if slide_ms > size_ms or size_ms % slide_ms:
                 raise ValueError(
                     f"window size {window.name}: the slide must divide the size, such as size '1h' with slide '15m'"
                 )

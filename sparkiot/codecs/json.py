@@ -103,7 +103,7 @@ class JsonCodec:
         except UnicodeDecodeError as exc:
             raise _Reject(Reason.INVALID_UTF8, f"the payload is not UTF-8 text (byte {exc.start}); send UTF-8 JSON") from None
         try:
-            return json.loads(text, parse_constant=_NonFinite)
+            return json.loads(text, parse_constant=_NonFinite, parse_int=_parse_int)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise _Reject(Reason.INVALID_JSON, f"invalid JSON: {exc}") from None
 
@@ -175,7 +175,7 @@ class JsonCodec:
                 raw = _element_bytes({metric: raw_value} if not single else element)
                 dead_letters.append(self._dead_letter(raw, topic, reject, received_us))
                 continue
-            if payload_id is None or isinstance(payload_id, (dict, list)):
+            if not isinstance(payload_id, (str, int)) or isinstance(payload_id, bool):
                 msg_id = derive_msg_id(device_id, metric, ts_us, value)
             else:
                 msg_id = str(payload_id) if single else f"{payload_id}:{metric}"
@@ -273,9 +273,18 @@ class JsonCodec:
         return DeadLetter(raw[: self.dead_letter_raw_bytes], len(raw), topic, reject.reason.value, reject.detail, received_us)
 
 
+def _parse_int(text: str) -> int | float:
+    # Python refuses int() of more than 4300 digits; such a number cannot be a double anyway.
+    return int(text) if len(text) <= 4000 else float("inf")
+
+
 def _optional_text(value: object, fallback: str | None) -> str | None:
     if value is None:
         return fallback
+    if isinstance(value, _NonFinite):
+        return value.text
+    if isinstance(value, (dict, list)):
+        raise _Reject(Reason.INVALID_FIELD, f"expected text, got {_shorten(value)}")
     return str(value)
 
 

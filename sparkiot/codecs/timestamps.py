@@ -79,8 +79,10 @@ def to_us(value: object, unit: str, default_zone: str) -> int:
         return epoch_to_us(value, unit)
     if isinstance(value, str):
         stripped = value.strip()
-        if re.fullmatch(r"-?\d+", stripped):
+        if re.fullmatch(r"-?\d{1,30}", stripped):
             return epoch_to_us(int(stripped), unit)
+        if re.fullmatch(r"-?\d+", stripped):
+            raise TimestampError(f"timestamp {stripped[:40]}... has too many digits for an epoch")
         return iso_to_us(stripped, default_zone)
     raise TimestampError(f"timestamp {value!r} is neither a number nor ISO 8601 text")
 

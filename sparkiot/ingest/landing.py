@@ -13,8 +13,10 @@ segments, consumed ones first (consumers record their committed offset with
 records lost are counted and logged.
 
 Layout: ``DIR/00000000000000000000.log`` (named by first offset), ``DIR/consumers/NAME.json``.
-A frame is a 36-byte header (magic ``SIL1``, payload length, CRC-32 of the payload, first
-offset, record count, max event time in microseconds or -1) followed by an Arrow IPC stream.
+A frame is a 32-byte header (magic ``SIL1``, payload length, first offset, record count, max
+event time in microseconds or -1, then a CRC-32 of the header's other fields and the payload)
+followed by an Arrow IPC stream. A frame is valid only when its CRC matches, its payload and
+count are not empty, and its first offset continues the previous frame.
 
 Why hand-written: the production form of this stage is Kafka. The embedded form must run with no
 server, be readable by offset from Spark's Python data source in another process, and fsync each
@@ -39,7 +41,9 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-_HEADER = struct.Struct("<4sIIqIq")
+_FIELDS = struct.Struct("<4sIqIq")
+_CRC = struct.Struct("<I")
+_HEADER_SIZE = _FIELDS.size + _CRC.size
 _MAGIC = b"SIL1"
 _SUFFIX = ".log"
 
@@ -75,32 +79,40 @@ def list_segments(directory: Path) -> list[tuple[int, Path]]:
     return sorted(segments)
 
 
-def scan_frames(segment: Path, position: int = 0, *, verify: bool = True) -> Iterator[Frame]:
-    """Yield the whole, valid frames of ``segment`` from byte ``position``; stop at the first bad one."""
+def scan_frames(segment: Path, position: int = 0, *, expected_offset: int | None = None) -> Iterator[Frame]:
+    """Yield the valid frames of ``segment`` from byte ``position``; stop at the first invalid one.
+
+    ``expected_offset`` is the first offset the next frame must have; by default the segment's
+    own base offset when scanning from the start, and unchecked otherwise.
+    """
+    if expected_offset is None and position == 0:
+        try:
+            expected_offset = int(segment.stem)
+        except ValueError:
+            expected_offset = None
     with open(segment, "rb") as handle:
         handle.seek(position)
         while True:
-            header = handle.read(_HEADER.size)
-            if len(header) < _HEADER.size:
+            fields = handle.read(_FIELDS.size)
+            checksum = handle.read(_CRC.size)
+            if len(fields) < _FIELDS.size or len(checksum) < _CRC.size:
                 return
-            magic, length, crc, base_offset, count, max_event_us = _HEADER.unpack(header)
-            if magic != _MAGIC:
+            magic, length, base_offset, count, max_event_us = _FIELDS.unpack(fields)
+            if magic != _MAGIC or length == 0 or count == 0:
                 return
-            if verify:
-                payload = handle.read(length)
-                if len(payload) < length or zlib.crc32(payload) != crc:
-                    return
-            else:
-                handle.seek(length, os.SEEK_CUR)
-                if handle.tell() > os.fstat(handle.fileno()).st_size:
-                    return
+            if expected_offset is not None and base_offset != expected_offset:
+                return
+            payload = handle.read(length)
+            if len(payload) < length or zlib.crc32(payload, zlib.crc32(fields)) != _CRC.unpack(checksum)[0]:
+                return
             yield Frame(segment, position, length, base_offset, count, max_event_us)
-            position += _HEADER.size + length
+            position += _HEADER_SIZE + length
+            expected_offset = base_offset + count
 
 
 def read_frame(frame: Frame) -> pa.RecordBatch:
     with open(frame.segment, "rb") as handle:
-        handle.seek(frame.position + _HEADER.size)
+        handle.seek(frame.position + _HEADER_SIZE)
         payload = handle.read(frame.length)
     with pa.ipc.open_stream(payload) as stream:
         return stream.read_next_batch()
@@ -151,7 +163,7 @@ class LandingLog:
         valid_end = 0
         for frame in scan_frames(path):
             self.end_offset = frame.end_offset
-            valid_end = frame.position + _HEADER.size + frame.length
+            valid_end = frame.position + _HEADER_SIZE + frame.length
             if frame.max_event_us >= 0:
                 self.max_event_us = max(self.max_event_us, frame.max_event_us)
         size = path.stat().st_size
@@ -165,7 +177,7 @@ class LandingLog:
                 os.fsync(handle.fileno())
         if self.max_event_us < 0 and len(segments) > 1:
             # An empty newest segment: the previous one holds the last max event time.
-            for frame in scan_frames(segments[-2][1], verify=False):
+            for frame in scan_frames(segments[-2][1]):
                 self.max_event_us = max(self.max_event_us, frame.max_event_us)
         return open(path, "ab")
 
@@ -193,10 +205,9 @@ class LandingLog:
             writer.write_batch(batch)
         payload = sink.getvalue().to_pybytes()
         self.max_event_us = max(self.max_event_us, max_event_us)
-        header = _HEADER.pack(
-            _MAGIC, len(payload), zlib.crc32(payload), self.end_offset, batch.num_rows, self.max_event_us
-        )
-        self._handle.write(header + payload)
+        fields = _FIELDS.pack(_MAGIC, len(payload), self.end_offset, batch.num_rows, self.max_event_us)
+        checksum = _CRC.pack(zlib.crc32(payload, zlib.crc32(fields)))
+        self._handle.write(fields + checksum + payload)
         self._handle.flush()
         os.fdatasync(self._handle.fileno())
         self.end_offset += batch.num_rows
@@ -260,9 +271,12 @@ class LogReader:
             self._scan_position = {path: pos for path, pos in self._scan_position.items() if path in live}
         for _, path in segments:
             position = self._scan_position.get(path, 0)
-            for frame in scan_frames(path, position):
+            expected = None
+            if position and self._frames and self._frames[-1].segment == path:
+                expected = self._frames[-1].end_offset
+            for frame in scan_frames(path, position, expected_offset=expected):
                 self._frames.append(frame)
-                position = frame.position + _HEADER.size + frame.length
+                position = frame.position + _HEADER_SIZE + frame.length
             self._scan_position[path] = position
         self._bases = [frame.base_offset for frame in self._frames]
 

@@ -15,7 +15,8 @@ it; every other numeric column is a metric. A column named ``name (unit)`` becom
 Each message carries up to ``batch`` rows of one device as a JSON array of objects
 ``{"device_id", "site", "ts", METRIC: VALUE, ...}`` with ``ts`` in epoch microseconds, on topic
 ``sensors/{site}/{device_id}``. Rows go out in event-time order across all series, each at
-``first_wall + (ts - first_ts) / speed``; ``speed=0`` sends as fast as the broker accepts.
+``first_wall + (ts - first_ts) / speed``; ``speed=0`` sends as fast as the broker accepts. A
+message goes out when it holds ``batch`` rows or its first row has waited ``linger`` seconds.
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class Replayer:
         qos: int = 1,
         protocol: str = "5",
         limit: int | None = None,
+        linger: float = 0.1,
     ) -> None:
         if speed < 0:
             raise ValueError(f"speed {speed} must be 0 (as fast as possible) or positive")
@@ -182,6 +184,7 @@ class Replayer:
         self.qos = qos
         self.protocol = protocol
         self.limit = limit
+        self.linger = linger
         self.published_rows = 0
         self.published_messages = 0
         self._stop = threading.Event()
@@ -208,29 +211,38 @@ class Replayer:
         log.info("replaying %d rows of %d series to %s at speed %g", len(ts), len(self.series), self.broker_url, self.speed)
         first_wall = time.monotonic()
         pending: dict[int, list[dict]] = {}
+        pending_since = None
         last_info = None
         position = 0
         try:
             while position < len(ts) and not self._stop.is_set():
+                now_wall = time.monotonic()
+                if pending and now_wall - pending_since >= self.linger:
+                    last_info = self._flush(client, topics, pending) or last_info
+                    pending_since = None
                 if self.speed > 0:
                     due_wall = first_wall + (ts[position] - ts[0]) / 1e6 / self.speed
-                    delay = due_wall - time.monotonic()
-                    if delay > 0:
-                        self._stop.wait(min(delay, 0.5))
+                    if due_wall > now_wall:
+                        wait = due_wall - now_wall
+                        if pending:
+                            wait = min(wait, pending_since + self.linger - now_wall)
+                        self._stop.wait(max(min(wait, 0.5), 0.0))
                         continue
-                    now_ts = ts[0] + (time.monotonic() - first_wall) * self.speed * 1e6
+                    now_ts = ts[0] + (now_wall - first_wall) * self.speed * 1e6
                 else:
                     now_ts = float("inf")
-                while position < len(ts) and ts[position] <= now_ts:
+                collected = 0
+                while position < len(ts) and ts[position] <= now_ts and collected < self.batch * 50:
                     series_index = int(which[position])
                     rows = pending.setdefault(series_index, [])
                     rows.append(payload_row(self.series[series_index], int(index[position])))
+                    pending_since = pending_since or now_wall
                     position += 1
+                    collected += 1
                     if len(rows) >= self.batch:
                         last_info = self._flush(client, topics, pending) or last_info
-                    if self.speed == 0 and position % (self.batch * 50) == 0:
-                        break
-                last_info = self._flush(client, topics, pending) or last_info
+                        pending_since = None
+            last_info = self._flush(client, topics, pending) or last_info
             if last_info is not None:
                 last_info.wait_for_publish(timeout=60)
         finally:
