@@ -196,7 +196,7 @@ def cmd_decode(args) -> int:
     config = load_config(args.config) if args.config else PipelineConfig()
     codec_config = config.codec.model_copy(update={"format": args.format})
     if args.topic_pattern:
-        codec_config = build_config({"codec": {**codec_config.model_dump(), "topic_pattern": args.topic_pattern}}).codec
+        codec_config = build_config({"codec": {**codec_config.model_dump(mode="json"), "topic_pattern": args.topic_pattern}}).codec
     codec = make_codec(codec_config, dead_letter_raw_bytes=config.landing.dead_letter_raw_bytes)
     payload = sys.stdin.buffer.read()
     decoded = codec.decode(payload, args.topic, time.time_ns() // 1000)

@@ -201,6 +201,7 @@ class SparkConfig(_Section):
     side_trigger: Seconds = 5.0
     shuffle_partitions: int = Field(default=2, ge=1)
     log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "ERROR"
+    log_to_terminal: bool = Field(default=False, description="print Spark's own log; by default it goes to DATA_DIR/logs/spark.log")
     conf: dict[str, str] = {}
 
 

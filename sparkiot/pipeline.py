@@ -81,7 +81,8 @@ class Pipeline:
                 broker_url = config.source.broker
 
             ingest = self._start_ingest(config, broker_url)
-            spark = build_session(config.spark, app_name=f"sparkiot-{config.name}", log_file=config.data_path / "logs" / "spark.log")
+            spark_log = None if config.spark.log_to_terminal else config.data_path / "logs" / "spark.log"
+            spark = build_session(config.spark, app_name=f"sparkiot-{config.name}", log_file=spark_log)
             job = StreamingJob(spark, config)
             job.start()
             if self.on_broker_ready is not None:

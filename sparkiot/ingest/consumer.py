@@ -180,6 +180,13 @@ class Ingest:
                 self._process_waiting()
                 self.counters.write()
                 self._enforce_retention()
+        except OSError as exc:
+            log.error(
+                "cannot write the landing logs in %s: %s; stopping without acknowledging the messages in hand, "
+                "so the broker redelivers them when the ingest runs again (free disk space or fix permissions)",
+                self.config.data_dir, exc,
+            )
+            raise
         finally:
             client.disconnect()
             client.loop_stop()
