@@ -215,6 +215,75 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def _tree_cpu_seconds() -> float:
+    """CPU seconds of this process and every descendant, living or already waited for."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+def _busy_seconds() -> float:
+    import psutil
+
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+class CpuAccount:
+    """CPU used by this benchmark's process tree and by every other process, over a span of time.
+
+    Other processes on the same 2 cores change every figure here, so each script records how
+    busy the rest of the machine was while it measured.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._wall = time.monotonic()
+        self._busy = _busy_seconds()
+        self._own = _tree_cpu_seconds()
+
+    def read(self) -> dict:
+        """``{"seconds", "own_cpu_pct", "other_cpu_pct"}`` since the last reset (100% = one core)."""
+        wall = max(time.monotonic() - self._wall, 1e-9)
+        busy = _busy_seconds() - self._busy
+        own = _tree_cpu_seconds() - self._own
+        return {
+            "seconds": round(wall, 1),
+            "own_cpu_pct": round(100 * own / wall),
+            "other_cpu_pct": max(round(100 * (busy - own) / wall), 0),
+        }
+
+
+def wait_for_quiet(max_wait: float, *, threshold_pct: float = 25.0) -> dict:
+    """Wait up to ``max_wait`` seconds until other processes use less than ``threshold_pct`` of a core.
+
+    Returns the last 2-second reading; prints a warning when the machine stayed busy.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        account = CpuAccount()
+        time.sleep(2.0)
+        reading = account.read()
+        if reading["other_cpu_pct"] < threshold_pct:
+            return reading
+        if time.monotonic() >= deadline:
+            print(f"warning: other processes use {reading['other_cpu_pct']}% CPU (100% = one core); "
+                  "the figures below are lower than on an idle machine", flush=True)
+            return reading
+        print(f"waiting for the machine to become idle: other processes use {reading['other_cpu_pct']}% CPU", flush=True)
+        time.sleep(3.0)
+
+
 def python() -> str:
     """The interpreter running this script; children use the same one."""
     return sys.executable

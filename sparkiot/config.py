@@ -64,7 +64,7 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    """Where readings come from: an MQTT broker and the topics to subscribe to."""
+    """The reading source: an MQTT broker and the topics to subscribe to."""
 
     broker: str = Field(
         default="embedded",
@@ -91,7 +91,7 @@ class SourceConfig(_Section):
 
 
 class CodecConfig(_Section):
-    """How payloads become readings."""
+    """Payload decoding settings."""
 
     format: Literal["json"] = "json"
     topic_pattern: str | None = Field(

@@ -31,7 +31,7 @@ def shared_data() -> Path:
     """The folder of public data sets that development machines and CI keep beside the repository."""
     folder = _shared_data()
     if folder is None:
-        pytest.skip("needs the shared data sets (NAB, UCI occupancy) in ../shared/data or SPARKIOT_SHARED_DATA; absent here")
+        pytest.skip("needs the NAB and UCI occupancy data sets: set SPARKIOT_SHARED_DATA or place shared/data beside the repository")
     return folder
 
 

@@ -21,6 +21,7 @@ from tests.support import (
     HOUR_US,
     compare_windows,
     landed_readings,
+    pipeline_config,
     publish_payloads,
     read_table,
     reference_windows,
@@ -48,16 +49,8 @@ def readings_without_clock(data_dir):
 def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path, unique, mosquitto):
     data_dir = tmp_path / "data"
     config_path = tmp_path / "pipeline.yaml"
-    config_path.write_text(yaml.safe_dump({
-        "name": f"crash-{unique}",
-        "data_dir": str(data_dir),
-        "source": {"broker": mosquitto, "topics": [f"it/{unique}/sensors/#"], "client_id": f"sparkiot-crash-{unique}",
-                   "session_expiry": "10m"},
-        "codec": {"topic_pattern": "it/{_}/sensors/{site}/{device_id}"},
-        "watermark": "10m",
-        "windows": [{"size": "1h"}, {"size": "6h", "slide": "1h"}],
-        "spark": {"master": "local[2]", "trigger": "500ms", "side_trigger": "1s"},
-    }))
+    config = pipeline_config(data_dir, unique, mosquitto, source={"client_id": f"sparkiot-crash-{unique}"})
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     reference = cgm_reference()
     series = [load_csv(CGM, device_id="cgm-1", site="clinic")]
     log_path = tmp_path / "pipeline.log"

@@ -28,7 +28,7 @@ from sparkiot.readings import DeadLetter, Reading, Reason, derive_msg_id
 
 
 class Decoded(NamedTuple):
-    """What one payload became: readings and dead letters, either list possibly empty."""
+    """The readings and dead letters of one payload; either list may be empty."""
 
     readings: list[Reading]
     dead_letters: list[DeadLetter]

@@ -21,7 +21,7 @@ _FRACTION_RE = re.compile(r"(\.\d{6})\d+")
 
 
 class TimestampError(ValueError):
-    """A timestamp that cannot be decoded; the message says which value and why."""
+    """A timestamp that cannot be decoded; the message names the value and the reason."""
 
 
 def guess_epoch_unit(magnitude: float) -> str:

@@ -50,7 +50,7 @@ _SUFFIX = ".log"
 
 @dataclass(frozen=True)
 class Frame:
-    """Where one record batch lies in a segment, and which offsets it holds."""
+    """The location of one record batch in a segment and the offsets it contains."""
 
     segment: Path
     position: int
@@ -176,7 +176,7 @@ class LandingLog:
                 handle.truncate(valid_end)
                 os.fsync(handle.fileno())
         if self.max_event_us < 0 and len(segments) > 1:
-            # An empty newest segment: the previous one holds the last max event time.
+            # The newest segment is empty, so the previous one contains the last max event time.
             for frame in scan_frames(segments[-2][1]):
                 self.max_event_us = max(self.max_event_us, frame.max_event_us)
         return open(path, "ab")

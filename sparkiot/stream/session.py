@@ -21,7 +21,7 @@ _LOG4J = Path(__file__).with_name("log4j2.properties")
 
 
 class JavaNotFound(RuntimeError):
-    """No usable Java runtime; the message says which version is needed and how to install it."""
+    """No usable Java runtime; the message names the version needed and how to install it."""
 
 
 @dataclass(frozen=True)
