@@ -76,6 +76,12 @@ class Reason(str, Enum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     TOPIC_MISMATCH = "topic_mismatch"
+    INVALID_CBOR = "invalid_cbor"
+    INVALID_SENML = "invalid_senml"
+    INVALID_PROTOBUF = "invalid_protobuf"
+    INVALID_LINE_PROTOCOL = "invalid_line_protocol"
+    UNKNOWN_ALIAS = "unknown_alias"
+    UNSUPPORTED_VALUE_TYPE = "unsupported_value_type"
 
 
 _TS = pa.timestamp("us", tz="UTC")
