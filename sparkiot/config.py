@@ -78,6 +78,10 @@ class SourceConfig(_Section):
     session_expiry: Seconds = 86400.0
     reconnect_min: Seconds = 1.0
     reconnect_max: Seconds = 60.0
+    retained: Literal["dead_letter", "accept"] = Field(
+        default="dead_letter",
+        description="what a retained message replayed at subscribe time becomes; 'accept' marks its readings",
+    )
 
     @field_validator("broker")
     @classmethod
@@ -106,13 +110,17 @@ class CodecConfig(_Section):
     site_field: str = "site"
     id_field: str = "id"
     metrics_field: str = "metrics"
+    root_path: str | None = Field(default=None, description="dotted path of the readings inside an envelope, such as 'data.readings'")
+    flatten_separator: str | None = Field(
+        default=None, description="joins nested metric objects into names, such as '.' for env.humidity"
+    )
     ts_unit: Literal["auto", "s", "ms", "us", "ns"] = "auto"
     timezone: str = "UTC"
     numbers_as_strings: bool = False
     missing_timestamp: Literal["reject", "receive_time"] = "reject"
     max_payload_bytes: Bytes = 256 * 1024
     min_timestamp: datetime = datetime(2000, 1, 1, tzinfo=_UTC)
-    max_future: Seconds = 3600.0
+    max_future: Seconds = 300.0
 
     @field_validator("timezone")
     @classmethod
@@ -218,6 +226,17 @@ class PipelineConfig(_Section):
     anomaly: AnomalyConfig = AnomalyConfig()
     state: StateConfig = StateConfig()
     spark: SparkConfig = SparkConfig()
+
+    @model_validator(mode="after")
+    def _check_future_bound(self) -> "PipelineConfig":
+        # A reading dated d ahead moves the watermark to (now + d - watermark); when d reached the
+        # watermark delay, every correct reading after it would be late.
+        if self.codec.max_future >= self.watermark:
+            raise ValueError(
+                f"codec.max_future ({self.codec.max_future:g}s) must be shorter than watermark ({self.watermark:g}s), "
+                "or a reading dated in the future could make the correct readings after it late"
+            )
+        return self
 
     @field_validator("windows")
     @classmethod

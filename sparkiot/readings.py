@@ -31,6 +31,14 @@ class Reading(NamedTuple):
     msg_id: str
     ingest_us: int
     source: str
+    # Why a reading deserves a second look: MARK_RECEIVE_TIME, MARK_RETAINED.
+    marks: tuple[str, ...] = ()
+
+
+# The payload had no timestamp and the configuration allowed the receive time instead.
+MARK_RECEIVE_TIME = "receive_time"
+# The broker replayed a retained message at subscribe time and the configuration accepts those.
+MARK_RETAINED = "retained"
 
 
 class DeadLetter(NamedTuple):
@@ -76,6 +84,7 @@ class Reason(str, Enum):
     INVALID_TIMESTAMP = "invalid_timestamp"
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     TOPIC_MISMATCH = "topic_mismatch"
+    RETAINED_MESSAGE = "retained_message"
     INVALID_CBOR = "invalid_cbor"
     INVALID_SENML = "invalid_senml"
     INVALID_PROTOBUF = "invalid_protobuf"
@@ -97,6 +106,7 @@ READING_SCHEMA = pa.schema(
         pa.field("msg_id", pa.string(), nullable=False),
         pa.field("ingest_ts", _TS, nullable=False),
         pa.field("source", pa.string(), nullable=False),
+        pa.field("marks", pa.list_(pa.string()), nullable=False),
     ]
 )
 

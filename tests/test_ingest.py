@@ -133,3 +133,29 @@ def test_spike_publishes_alert(tmp_path, unique, mosquitto):
     assert alert["score"] == pytest.approx((35.0 - mean) / stddev, rel=1e-9)
     assert alerts.empty()
     assert len(landed(config, "alerts")) == 1
+
+
+@pytest.mark.parametrize("policy", ["dead_letter", "accept"])
+def test_retained_message_policy(tmp_path, unique, mosquitto, policy):
+    config = pipeline_config(tmp_path / "data", unique, mosquitto, source={"retained": policy})
+    topic = f"it/{unique}/sensors/lab/dev-1"
+    publisher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"retain-{unique}")
+    publisher.connect("127.0.0.1", int(mosquitto.rsplit(":", 1)[1]))
+    publisher.loop_start()
+    publisher.publish(topic, reading(BASE_US, 7.0), qos=1, retain=True).wait_for_publish(10)
+    try:
+        with IngestThread(config, mosquitto):
+            publish_payloads(mosquitto, [(topic, reading(BASE_US + MINUTE_US, 8.0))])
+            wait_for(lambda: len(landed(config)) + len(landed(config, "dead_letters")) == 2, 20, "both messages")
+    finally:
+        # An empty retained payload clears the broker's retained message for this topic.
+        publisher.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+        publisher.loop_stop()
+        publisher.disconnect()
+
+    rows = landed(config)
+    if policy == "dead_letter":
+        assert [row["value"] for row in rows] == [8.0]
+        assert [row["reason"] for row in landed(config, "dead_letters")] == ["retained_message"]
+    else:
+        assert [(row["value"], row["marks"]) for row in rows] == [(7.0, ["retained"]), (8.0, [])]

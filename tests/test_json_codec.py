@@ -290,13 +290,22 @@ def test_missing_timestamp_receive_time():
 
     assert dead_letters == []
     assert readings[0].ts_us == RECEIVED_US
+    assert readings[0].marks == ("receive_time",)
+
+
+def test_payload_timestamp_not_marked():
+    readings, _ = decode(reading())
+
+    assert readings[0].marks == ()
 
 
 def test_max_future_boundary_accepted():
-    readings, dead_letters = decode(reading(ts=RECEIVED_US + 3600 * 1_000_000), ts_unit="us")
+    max_future_us = int(CodecConfig().max_future * 1_000_000)
+
+    readings, dead_letters = decode(reading(ts=RECEIVED_US + max_future_us), ts_unit="us")
 
     assert dead_letters == []
-    assert readings[0].ts_us == RECEIVED_US + 3600 * 1_000_000
+    assert readings[0].ts_us == RECEIVED_US + max_future_us
 
 
 # Rejections: every case yields no reading and one dead letter with the reason code.
@@ -466,3 +475,47 @@ def test_nan_text_field_repr(field, attribute):
     readings, _ = decode(payload)
 
     assert "object at 0x" not in getattr(readings[0], attribute)
+
+
+def test_dotted_field_paths():
+    document = {"device": {"id": "d7", "site": "roof"}, "ts": 1714564800, "temperature": 21.5}
+
+    readings, dead_letters = decode(document, device_id_field="device.id", site_field="device.site")
+
+    assert dead_letters == []
+    assert [(r.device_id, r.site, r.metric, r.value) for r in readings] == [("d7", "roof", "temperature", 21.5)]
+
+
+def test_flatten_nested_metrics():
+    document = {"device_id": "d1", "ts": 1714564800, "env": {"rh": 40, "air": {"co2": 415}}, "temp": 21.5}
+
+    readings, dead_letters = decode(document, flatten_separator=".")
+
+    assert dead_letters == []
+    assert sorted((r.metric, r.value) for r in readings) == [("env.air.co2", 415.0), ("env.rh", 40.0), ("temp", 21.5)]
+
+
+def test_nested_metric_without_flatten():
+    document = {"device_id": "d1", "ts": 1714564800, "env": {"rh": 40}, "temp": 21.5}
+
+    readings, dead_letters = decode(document)
+
+    assert [(r.metric, r.value) for r in readings] == [("temp", 21.5)]
+    assert [letter.reason for letter in dead_letters] == ["non_numeric_value"]
+
+
+def test_root_path_envelope():
+    document = {"gateway": "g1", "data": {"readings": [{"device_id": "d1", "metric": "m", "ts": 1714564800, "value": 1}]}}
+
+    readings, dead_letters = decode(document, root_path="data.readings")
+
+    assert dead_letters == []
+    assert [(r.device_id, r.value) for r in readings] == [("d1", 1.0)]
+
+
+def test_root_path_missing():
+    readings, dead_letters = decode({"data": {}}, root_path="data.readings")
+
+    assert readings == []
+    assert [letter.reason for letter in dead_letters] == ["missing_field"]
+    assert "data.readings" in dead_letters[0].detail

@@ -8,7 +8,12 @@ Accepted shapes, alone or as elements of a top-level array:
 * a bare number, when the topic pattern names the device and the metric.
 
 Device id, site and metric come from the payload or, where absent there, from topic segments
-named by ``topic_pattern`` (``sensors/{site}/{device_id}/{metric}``). Field names are configured.
+named by ``topic_pattern`` (``sensors/{site}/{device_id}/{metric}``). Field names are configured
+and may be dotted paths into nested objects (``device.id``). ``root_path`` selects the readings
+inside an envelope (``data.readings``); ``flatten_separator`` turns nested metric objects into
+metric names (``{"env": {"rh": 40}}`` becomes metric ``env.rh`` with separator ``.``). A reading
+whose time is the receive time, because the payload had none and the configuration allows it,
+carries the mark ``receive_time``.
 
 Each failure becomes a dead letter with a stable reason code. One bad element of an array, or one
 bad metric of a multi-metric object, becomes its own dead letter; the good ones still become
@@ -24,7 +29,7 @@ from typing import NamedTuple
 
 from sparkiot.codecs.timestamps import TimestampError, to_us
 from sparkiot.config import CodecConfig
-from sparkiot.readings import DeadLetter, Reading, Reason, derive_msg_id
+from sparkiot.readings import MARK_RECEIVE_TIME, DeadLetter, Reading, Reason, derive_msg_id
 
 
 class Decoded(NamedTuple):
@@ -59,21 +64,20 @@ class JsonCodec:
         self._pattern = config.topic_pattern.split("/") if config.topic_pattern else None
         self._min_us = int(config.min_timestamp.timestamp()) * 1_000_000
         self._max_future_us = int(config.max_future * 1_000_000)
+        # A dotted field name such as "device.id" reserves its whole top-level object.
         self._reserved = {
-            config.device_id_field,
-            config.metric_field,
-            config.value_field,
-            config.ts_field,
-            config.unit_field,
-            config.site_field,
-            config.id_field,
-            config.metrics_field,
+            name.split(".")[0]
+            for name in (
+                config.device_id_field, config.metric_field, config.value_field, config.ts_field,
+                config.unit_field, config.site_field, config.id_field, config.metrics_field,
+            )
         }
+        self._root = config.root_path.split(".") if config.root_path else None
 
     def decode(self, payload: bytes, topic: str, received_us: int) -> Decoded:
         """Decode one payload received on ``topic`` at ``received_us`` (UTC microseconds)."""
         try:
-            document = self._parse(payload)
+            document = self._select_root(self._parse(payload))
             topic_fields = self._topic_fields(topic)
         except _Reject as reject:
             return Decoded([], [self._dead_letter(payload, topic, reject, received_us)])
@@ -106,6 +110,15 @@ class JsonCodec:
             return json.loads(text, parse_constant=_NonFinite, parse_int=_parse_int)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise _Reject(Reason.INVALID_JSON, f"invalid JSON: {exc}") from None
+
+    def _select_root(self, document: object) -> object:
+        if self._root is None:
+            return document
+        for part in self._root:
+            if not isinstance(document, dict) or part not in document:
+                raise _Reject(Reason.MISSING_FIELD, f"codec.root_path {self.config.root_path!r} not found in the payload")
+            document = document[part]
+        return document
 
     def _topic_fields(self, topic: str) -> dict[str, str]:
         if self._pattern is None:
@@ -143,15 +156,15 @@ class JsonCodec:
         try:
             if isinstance(element, dict):
                 device_id = self._identifier(element, config.device_id_field, topic_fields.get("device_id"), "device_id")
-                site = _optional_text(element.get(config.site_field), topic_fields.get("site"))
-                ts_us = self._timestamp(element.get(config.ts_field), received_us)
-                payload_id = element.get(config.id_field)
-                unit = _optional_text(element.get(config.unit_field), None)
+                site = _optional_text(_field(element, config.site_field), topic_fields.get("site"))
+                ts_us, ts_assumed = self._timestamp(_field(element, config.ts_field), received_us)
+                payload_id = _field(element, config.id_field)
+                unit = _optional_text(_field(element, config.unit_field), None)
                 metrics = self._metrics(element, topic_fields)
             elif self._is_scalar_value(element) and "device_id" in topic_fields and "metric" in topic_fields:
                 device_id = topic_fields["device_id"]
                 site = topic_fields.get("site")
-                ts_us = self._timestamp(None, received_us)
+                ts_us, ts_assumed = self._timestamp(None, received_us)
                 payload_id = None
                 unit = None
                 metrics = [(topic_fields["metric"], element)]
@@ -166,7 +179,8 @@ class JsonCodec:
             dead_letters.append(self._dead_letter(_element_bytes(element), topic, reject, received_us))
             return
 
-        single = len(metrics) == 1 and isinstance(element, dict) and config.value_field in element
+        single = len(metrics) == 1 and isinstance(element, dict) and _field(element, config.value_field, _ABSENT) is not _ABSENT
+        marks = (MARK_RECEIVE_TIME,) if ts_assumed else ()
         for metric, raw_value in metrics:
             try:
                 value = self._number(raw_value, metric)
@@ -179,10 +193,12 @@ class JsonCodec:
                 msg_id = derive_msg_id(device_id, metric, ts_us, value)
             else:
                 msg_id = str(payload_id) if single else f"{payload_id}:{metric}"
-            readings.append(Reading(device_id, metric, ts_us, value, unit, site, msg_id, received_us, topic))
+            readings.append(Reading(device_id, metric, ts_us, value, unit, site, msg_id, received_us, topic, marks))
 
     def _identifier(self, element: dict, field: str, fallback: str | None, name: str) -> str:
-        value = element.get(field, fallback)
+        value = _field(element, field)
+        if value is None:
+            value = fallback
         if value is None:
             raise _Reject(
                 Reason.MISSING_FIELD,
@@ -194,21 +210,33 @@ class JsonCodec:
 
     def _metrics(self, element: dict, topic_fields: dict[str, str]) -> list[tuple[str, object]]:
         config = self.config
-        if config.value_field in element:
+        value = _field(element, config.value_field, _ABSENT)
+        if value is not _ABSENT:
             metric = self._identifier(element, config.metric_field, topic_fields.get("metric"), "metric")
-            return [(metric, element[config.value_field])]
-        nested = element.get(config.metrics_field)
+            return [(metric, value)]
+        nested = _field(element, config.metrics_field)
         if isinstance(nested, dict):
             if not nested:
                 raise _Reject(Reason.MISSING_FIELD, f"field {config.metrics_field!r} is an empty object; add metrics")
-            return list(nested.items())
-        metrics = [(key, value) for key, value in element.items() if key not in self._reserved]
+            return self._flatten(nested.items())
+        metrics = self._flatten((key, value) for key, value in element.items() if key not in self._reserved)
         if not metrics:
             raise _Reject(
                 Reason.MISSING_FIELD,
                 f"no value: add field {config.value_field!r}, an object {config.metrics_field!r}, or metric fields",
             )
         return metrics
+
+    def _flatten(self, items) -> list[tuple[str, object]]:
+        """Return (metric, value) pairs; nested objects are joined into metric names when configured."""
+        separator = self.config.flatten_separator
+        flat = []
+        for key, value in items:
+            if separator is not None and isinstance(value, dict):
+                flat.extend((f"{key}{separator}{inner}", leaf) for inner, leaf in self._flatten(value.items()))
+            else:
+                flat.append((key, value))
+        return flat
 
     @staticmethod
     def _is_scalar_value(element: object) -> bool:
@@ -243,10 +271,11 @@ class JsonCodec:
             )
         raise _Reject(Reason.NON_NUMERIC_VALUE, f"metric {metric!r}: value {_shorten(raw)} is not a number")
 
-    def _timestamp(self, raw: object, received_us: int) -> int:
+    def _timestamp(self, raw: object, received_us: int) -> tuple[int, bool]:
+        """Return the event time and whether it is the receive time standing in for a missing one."""
         if raw is None:
             if self.config.missing_timestamp == "receive_time":
-                return received_us
+                return received_us, True
             raise _Reject(
                 Reason.MISSING_TIMESTAMP,
                 f"missing timestamp field {self.config.ts_field!r}; send one or set codec.missing_timestamp: receive_time",
@@ -267,10 +296,25 @@ class JsonCodec:
                 f"timestamp {raw!r} is more than codec.max_future={self.config.max_future:g}s ahead of the receive time; "
                 "check the device clock or the epoch unit (codec.ts_unit)",
             )
-        return ts_us
+        return ts_us, False
 
     def _dead_letter(self, raw: bytes, topic: str, reject: _Reject, received_us: int) -> DeadLetter:
         return DeadLetter(raw[: self.dead_letter_raw_bytes], len(raw), topic, reject.reason.value, reject.detail, received_us)
+
+
+_ABSENT = object()
+
+
+def _field(element: dict, name: str, default: object = None) -> object:
+    """Return ``element[name]``, where a dotted name such as ``device.id`` walks nested objects."""
+    if "." not in name:
+        return element.get(name, default)
+    value: object = element
+    for part in name.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
 
 
 def _parse_int(text: str) -> int | float:

@@ -38,10 +38,12 @@ from sparkiot.config import PipelineConfig
 from sparkiot.ingest.landing import LandingLog, LogReader
 from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
 from sparkiot.readings import (
+    MARK_RETAINED,
     SCHEMAS,
     Alert,
     DeadLetter,
     Reading,
+    Reason,
     alerts_to_batch,
     dead_letters_to_batch,
     late_to_batch,
@@ -222,9 +224,14 @@ class Ingest:
         max_event_us = self.logs["readings"].max_event_us
 
         for message in messages:
+            if message.retain and self.config.source.retained == "dead_letter":
+                dead.append(self._retained_dead_letter(message, received_us))
+                continue
             decoded = self.codec.decode(message.payload, message.topic, received_us)
             dead.extend(decoded.dead_letters)
             for reading in decoded.readings:
+                if message.retain:
+                    reading = reading._replace(marks=(*reading.marks, MARK_RETAINED))
                 watermark_us = max_event_us - self._delay_us
                 if max_event_us >= 0 and reading.ts_us <= watermark_us:
                     late.append(reading)
@@ -252,6 +259,15 @@ class Ingest:
                 self._client.ack(message.mid, message.qos)
         self._publish_alerts(alerts)
         self._count(messages, on_time, late, dead, alerts)
+
+    def _retained_dead_letter(self, message: mqtt.MQTTMessage, received_us: int) -> DeadLetter:
+        limit = self.config.landing.dead_letter_raw_bytes
+        return DeadLetter(
+            message.payload[:limit], len(message.payload), message.topic, Reason.RETAINED_MESSAGE.value,
+            "retained message replayed by the broker at subscribe time, not a fresh reading; "
+            "set source.retained: accept to store such readings (they are marked 'retained')",
+            received_us,
+        )
 
     def _publish_alerts(self, alerts: list[Alert]) -> None:
         for alert in alerts:
