@@ -94,10 +94,21 @@ class SourceConfig(_Section):
         return value
 
 
+CodecFormat = Literal["json", "senml", "senml-cbor", "influx", "sparkplug"]
+
+
+class RouteConfig(_Section):
+    """One routing rule: payloads on topics matching the MQTT filter ``topics`` are in ``format``."""
+
+    topics: str
+    format: CodecFormat
+
+
 class CodecConfig(_Section):
     """Payload decoding settings."""
 
-    format: Literal["json"] = "json"
+    format: CodecFormat = Field(default="json", description="format of payloads on topics no route matches")
+    routes: list[RouteConfig] = []
     topic_pattern: str | None = Field(
         default=None,
         description="names topic segments, such as 'sensors/{site}/{device_id}/{metric}'",

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 from sparkiot.codecs.json import Decoded, JsonCodec
+from sparkiot.codecs.router import CodecRouter, topic_matches
 from sparkiot.config import CodecConfig
 
+FORMATS = ("json", "senml", "senml-cbor", "influx", "sparkplug")
 
-def make_codec(config: CodecConfig, *, dead_letter_raw_bytes: int = 4096) -> JsonCodec:
-    """Return the codec that ``config.format`` names."""
-    if config.format == "json":
+
+def build_codec(format_name: str, config: CodecConfig, *, dead_letter_raw_bytes: int = 4096):
+    """Return a new codec for ``format_name`` with the settings of ``config``."""
+    if format_name == "json":
         return JsonCodec(config, dead_letter_raw_bytes=dead_letter_raw_bytes)
-    raise ValueError(f"unknown codec format {config.format!r}; supported: json")
+    raise ValueError(f"unknown codec format {format_name!r}; supported: {', '.join(FORMATS)}")
 
 
-__all__ = ["Decoded", "JsonCodec", "make_codec"]
+def make_codec(config: CodecConfig, *, dead_letter_raw_bytes: int = 4096) -> CodecRouter:
+    """Return a router that decodes each topic with the format ``config.routes`` assigns to it."""
+    routes = [(route.topics, route.format) for route in config.routes]
+    return CodecRouter(
+        routes, config.format, lambda name: build_codec(name, config, dead_letter_raw_bytes=dead_letter_raw_bytes)
+    )
+
+
+__all__ = ["FORMATS", "CodecRouter", "Decoded", "JsonCodec", "build_codec", "make_codec", "topic_matches"]
