@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
+from sparkiot.codecs import FORMATS
 from sparkiot.config import ConfigError, PipelineConfig, build_config, load_config, parse_duration
 
 log = logging.getLogger("sparkiot")
@@ -48,6 +48,7 @@ def _print_summary(summary) -> int:
     for reason, count in sorted(ingest.get("dead_letters_by_reason", {}).items()):
         print(f"    dead letters {reason}: {count}")
     print("  rows written: " + ", ".join(f"{name} {count}" for name, count in sorted(summary.output_rows.items())))
+    print(f"  duplicates dropped by msg_id: {summary.duplicates_dropped}")
     print(f"  tables: {summary.data_dir / 'tables'}/{{readings,windows,alerts,late,dead_letters}} (Parquet)")
     print(f"  latest values: {summary.data_dir / 'state.sqlite'} (SQLite, table 'latest')")
     print(f"  logs: {summary.data_dir / 'logs'}")
@@ -190,14 +191,14 @@ def cmd_replay(args) -> int:
 
 
 def cmd_decode(args) -> int:
-    from sparkiot.codecs import make_codec
+    from sparkiot.codecs import build_codec
     from sparkiot.codecs.timestamps import us_to_iso
 
     config = load_config(args.config) if args.config else PipelineConfig()
-    codec_config = config.codec.model_copy(update={"format": args.format})
+    codec_config = config.codec
     if args.topic_pattern:
         codec_config = build_config({"codec": {**codec_config.model_dump(mode="json"), "topic_pattern": args.topic_pattern}}).codec
-    codec = make_codec(codec_config, dead_letter_raw_bytes=config.landing.dead_letter_raw_bytes)
+    codec = build_codec(args.format, codec_config, dead_letter_raw_bytes=config.landing.dead_letter_raw_bytes)
     payload = sys.stdin.buffer.read()
     decoded = codec.decode(payload, args.topic, time.time_ns() // 1000)
     for reading in decoded.readings:
@@ -256,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.set_defaults(handler=cmd_replay)
 
     decode = commands.add_parser("decode", help="print the readings a payload on stdin becomes")
-    decode.add_argument("--format", default="json", choices=["json"], help="payload format (default json)")
+    decode.add_argument("--format", default="json", choices=FORMATS, help="payload format (default json)")
     decode.add_argument("--topic", default="sensors/unknown", help="topic the payload arrived on")
     decode.add_argument("--topic-pattern", help="names topic segments, such as sensors/{site}/{device_id}/{metric}")
     decode.add_argument("--config", help="pipeline file whose codec settings to use")

@@ -8,6 +8,7 @@ keys are rejected, so a misspelt option fails loudly instead of being ignored.
 from __future__ import annotations
 
 import re
+import string
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Literal
@@ -94,6 +95,70 @@ class SourceConfig(_Section):
         return value
 
 
+# Characters that may end a SenML base name or split a name into device and metric.
+SENML_SEPARATORS = "-:./_"
+
+
+class InfluxSettings(_Section):
+    """Settings of the line protocol codec."""
+
+    precision: Literal["s", "ms", "us", "ns"] = "ns"
+    device_id_tag: str = "host"
+    site_tag: str | None = "site"
+    metric_template: str = "{measurement}.{field}"
+    strings: Literal["reject"] = "reject"
+
+    @field_validator("device_id_tag", "site_tag")
+    @classmethod
+    def _check_tag(cls, value: str | None) -> str | None:
+        if value == "":
+            raise ValueError("invalid empty tag name: name a tag such as 'host', or set site_tag to null")
+        return value
+
+    @field_validator("metric_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        hint = "use {measurement} and {field}, such as '{measurement}.{field}' or '{field}'"
+        try:
+            parts = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"invalid metric template {value!r} ({exc}): {hint}") from None
+        names = set()
+        for _, name, spec, conversion in parts:
+            if name is None:
+                continue
+            if name not in ("measurement", "field") or spec or conversion:
+                raise ValueError(f"invalid placeholder in metric template {value!r}: {hint}")
+            names.add(name)
+        if "field" not in names:
+            raise ValueError(f"metric template {value!r} is missing {{field}}: {hint}")
+        return value
+
+
+class SenmlSettings(_Section):
+    """Settings that name the devices and metrics of SenML readings (see the module documentation)."""
+
+    device_id_from: Literal["base_name", "topic"] = "base_name"
+    name_separators: str = "/"
+    default_metric: str = "value"
+    metric_from_unit: bool = False
+    sum_suffix: str = "_sum"
+
+    @field_validator("name_separators")
+    @classmethod
+    def _check_separators(cls, value: str) -> str:
+        if any(char not in SENML_SEPARATORS for char in value):
+            raise ValueError(f"invalid name separators {value!r}: use characters among {SENML_SEPARATORS!r}, such as '/'")
+        return value
+
+    @field_validator("default_metric", "sum_suffix")
+    @classmethod
+    def _check_not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("must not be empty, such as 'value' or '_sum'")
+        return value
+
+
 CodecFormat = Literal["json", "senml", "senml-cbor", "influx", "sparkplug"]
 
 
@@ -109,6 +174,11 @@ class CodecConfig(_Section):
 
     format: CodecFormat = Field(default="json", description="format of payloads on topics no route matches")
     routes: list[RouteConfig] = []
+    influx: InfluxSettings = InfluxSettings()
+    senml: SenmlSettings = SenmlSettings()
+    sparkplug_rebirth_interval: Seconds = Field(
+        default=10.0, description="minimum time between two rebirth requests to one Sparkplug edge node"
+    )
     topic_pattern: str | None = Field(
         default=None,
         description="names topic segments, such as 'sensors/{site}/{device_id}/{metric}'",
@@ -159,6 +229,15 @@ class CodecConfig(_Section):
     @classmethod
     def _check_min(cls, value: datetime) -> datetime:
         return value if value.tzinfo else value.replace(tzinfo=_UTC)
+
+    @model_validator(mode="after")
+    def _check_senml_device(self) -> "CodecConfig":
+        if self.senml.device_id_from == "topic" and "{device_id}" not in (self.topic_pattern or ""):
+            raise ValueError(
+                "codec.senml.device_id_from is 'topic' but codec.topic_pattern has no {device_id} segment; "
+                "add one, such as 'sensors/{site}/{device_id}'"
+            )
+        return self
 
 
 class LandingConfig(_Section):

@@ -34,6 +34,7 @@ class RunSummary:
     seconds: float
     ingest: dict
     output_rows: dict[str, int] = field(default_factory=dict)
+    duplicates_dropped: int = 0
     failure: str | None = None
 
 
@@ -81,12 +82,13 @@ class Pipeline:
                 broker_url = config.source.broker
 
             ingest = self._start_ingest(config, broker_url)
+            self._wait_for_subscription(config, ingest)
+            if self.on_broker_ready is not None:
+                self.on_broker_ready(broker_url)
             spark_log = None if config.spark.log_to_terminal else config.data_path / "logs" / "spark.log"
             spark = build_session(config.spark, app_name=f"sparkiot-{config.name}", log_file=spark_log)
             job = StreamingJob(spark, config)
             job.start()
-            if self.on_broker_ready is not None:
-                self.on_broker_ready(broker_url)
 
             view = LiveView(config.data_path, enabled=self.view)
             while not self._stop.is_set():
@@ -95,7 +97,7 @@ class Pipeline:
                 if ingest.poll() is not None:
                     failure = f"the ingest process exited with status {ingest.returncode}; see {config.data_path / 'logs' / 'ingest.log'}"
                     break
-                failed = job.failed_query()
+                failed = job.restart_failed()
                 if failed is not None:
                     failure = f"Spark query {failed.name} failed: {failed.exception()}"
                     break
@@ -121,7 +123,23 @@ class Pipeline:
             if broker is not None:
                 broker.stop()
         output_rows = dict(job.rows_written) if job is not None else {}
-        return RunSummary(config.data_path, time.monotonic() - started, read_counters(config.data_path), output_rows, failure)
+        # The readings query's deduplication; the windows query repeats it once per window size.
+        duplicates = job.progress.duplicates_dropped.get("readings", 0) if job is not None else 0
+        return RunSummary(
+            config.data_path, time.monotonic() - started, read_counters(config.data_path), output_rows, duplicates, failure
+        )
+
+    @staticmethod
+    def _wait_for_subscription(config: PipelineConfig, ingest: subprocess.Popen, timeout: float = 60.0) -> None:
+        """Wait until the ingest has subscribed, so that nothing published from now on is missed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if read_counters(config.data_path).get("subscribed"):
+                return
+            if ingest.poll() is not None:
+                return
+            time.sleep(0.1)
+        log.warning("the ingest has not subscribed after %g s; starting anyway (see logs/ingest.log)", timeout)
 
     def _start_ingest(self, config: PipelineConfig, broker_url: str) -> subprocess.Popen:
         effective = config.data_path / "pipeline.json"

@@ -140,11 +140,25 @@ ALERT_SCHEMA = pa.schema(
     ]
 )
 
+# Device lifecycle events reported by stateful codecs (Sparkplug BIRTH and DEATH).
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("device_id", pa.string(), nullable=False),
+        pa.field("site", pa.string()),
+        pa.field("scope", pa.string(), nullable=False),
+        pa.field("ts", _TS, nullable=False),
+        pa.field("received_ts", _TS, nullable=False),
+        pa.field("metrics", pa.list_(pa.string()), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "readings": READING_SCHEMA,
     "late": LATE_SCHEMA,
     "dead_letters": DEAD_LETTER_SCHEMA,
     "alerts": ALERT_SCHEMA,
+    "events": EVENT_SCHEMA,
 }
 
 
@@ -180,6 +194,22 @@ def alerts_to_batch(alerts: list[Alert]) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [pa.array(column, type=field.type) for column, field in zip(columns, ALERT_SCHEMA)],
         schema=ALERT_SCHEMA,
+    )
+
+
+def events_to_batch(events: list[dict]) -> pa.RecordBatch:
+    """Build a record batch of the event schema from codec event dicts."""
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([event["event"] for event in events], type=pa.string()),
+            pa.array([event["device_id"] for event in events], type=pa.string()),
+            pa.array([event.get("site") for event in events], type=pa.string()),
+            pa.array([event["scope"] for event in events], type=pa.string()),
+            pa.array([event["ts_us"] for event in events], type=_TS),
+            pa.array([event["received_us"] for event in events], type=_TS),
+            pa.array([list(event.get("metrics", ())) for event in events], type=pa.list_(pa.string())),
+        ],
+        schema=EVENT_SCHEMA,
     )
 
 

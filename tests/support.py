@@ -47,9 +47,7 @@ class IngestThread:
 
     def __enter__(self) -> "IngestThread":
         self._thread.start()
-        wait_for(lambda: self.ingest.counters.connected, 20, "the ingest to connect")
-        # The subscription is sent on connect; give the broker a moment to register it.
-        time.sleep(0.5)
+        wait_for(lambda: self.ingest.counters.subscribed, 20, "the ingest to subscribe")
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -64,8 +64,8 @@ def test_sigkill_mid_stream_loses_and_duplicates_nothing(tmp_path, unique, mosqu
                             topic_template=f"it/{unique}/sensors/{{site}}/{{device_id}}")
         replay = threading.Thread(target=replayer.run, daemon=True)
         replay.start()
-        wait_for(lambda: len(readings_without_clock(data_dir)) > 0, 120, "the first readings in tables/readings")
-        wait_for(lambda: landed_readings(data_dir) > len(reference) // 4, 120, "a quarter of the readings to land")
+        # The kill comes while the replay is still running, whatever Spark has reached by then.
+        wait_for(lambda: landed_readings(data_dir) > len(reference) // 3, 120, "a third of the readings to land")
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(timeout=30)

@@ -13,6 +13,22 @@ def build_codec(format_name: str, config: CodecConfig, *, dead_letter_raw_bytes:
     """Return a new codec for ``format_name`` with the settings of ``config``."""
     if format_name == "json":
         return JsonCodec(config, dead_letter_raw_bytes=dead_letter_raw_bytes)
+    if format_name == "influx":
+        from sparkiot.codecs.influx import InfluxCodec
+
+        return InfluxCodec(config, config.influx, dead_letter_raw_bytes=dead_letter_raw_bytes)
+    if format_name in ("senml", "senml-cbor"):
+        from sparkiot.codecs.senml import SenmlCodec
+
+        encoding = "cbor" if format_name == "senml-cbor" else "json"
+        return SenmlCodec(config, config.senml, encoding=encoding, dead_letter_raw_bytes=dead_letter_raw_bytes)
+    if format_name == "sparkplug":
+        # Imported here so pipelines without Sparkplug never load protobuf.
+        from sparkiot.codecs.sparkplug import SparkplugCodec
+
+        return SparkplugCodec(
+            config, dead_letter_raw_bytes=dead_letter_raw_bytes, rebirth_interval=config.sparkplug_rebirth_interval
+        )
     raise ValueError(f"unknown codec format {format_name!r}; supported: {', '.join(FORMATS)}")
 
 

@@ -70,6 +70,14 @@ class CodecRouter:
                 commands.extend(take())
         return commands
 
+    def counters(self) -> dict[str, int]:
+        """Return the codecs' own counters (such as Sparkplug sequence gaps), prefixed by format."""
+        totals: dict[str, int] = {}
+        for name, codec in self._codecs.items():
+            for key, value in getattr(codec, "counters", {}).items():
+                totals[f"{name}_{key}"] = value
+        return totals
+
     def take_events(self) -> list[dict]:
         """Return and clear the events codecs observed (such as Sparkplug births and deaths)."""
         events: list[dict] = []

@@ -45,6 +45,7 @@ from sparkiot.readings import (
     Reading,
     Reason,
     alerts_to_batch,
+    events_to_batch,
     dead_letters_to_batch,
     late_to_batch,
     readings_to_batch,
@@ -68,9 +69,11 @@ class IngestCounters:
         self.values: Counter[str] = Counter()
         self.dead_letter_reasons: Counter[str] = Counter()
         self.connected = False
+        self.subscribed = False
         self._last_write = 0.0
 
     def write(self, *, force: bool = False) -> None:
+        """Write the counters at most every 0.5 s, or now with ``force``; only the ingest's main loop calls it."""
         now = time.time()
         if not force and now - self._last_write < 0.5:
             return
@@ -78,6 +81,7 @@ class IngestCounters:
         document = {
             "time": now,
             "connected": self.connected,
+            "subscribed": self.subscribed,
             **self.values,
             "dead_letters_by_reason": dict(self.dead_letter_reasons),
         }
@@ -147,8 +151,17 @@ class Ingest:
         )
         client.subscribe([(topic, self.config.source.qos) for topic in self.config.source.topics])
 
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failures = [code for code in reason_codes if code.is_failure]
+        if failures:
+            log.error("MQTT broker %s rejected the subscription to %s: %s", self.broker_url, self.config.source.topics, failures)
+            return
+        # The main loop writes the counters file within a second, which tells the pipeline to start publishing.
+        self.counters.subscribed = True
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.counters.connected = False
+        self.counters.subscribed = False
         if not self._stop.is_set():
             self.counters.values["disconnects"] += 1
             log.warning("disconnected from %s (%s); reconnecting with backoff", self.broker_url, reason_code)
@@ -167,6 +180,7 @@ class Ingest:
         client.reconnect_delay_set(min_delay=max(1, int(source.reconnect_min)), max_delay=int(source.reconnect_max))
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
 
@@ -253,11 +267,17 @@ class Ingest:
         self.logs["late"].append(late_to_batch(late, late_marks))
         self.logs["dead_letters"].append(dead_letters_to_batch(dead))
         self.logs["alerts"].append(alerts_to_batch(alerts))
+        events = self.codec.take_events()
+        if events:
+            self.logs["events"].append(events_to_batch(events))
 
         for message in messages:
             if message.qos > 0:
                 self._client.ack(message.mid, message.qos)
         self._publish_alerts(alerts)
+        # Codec requests such as Sparkplug rebirths; the Sparkplug specification sends NCMD at QoS 0.
+        for topic, payload in self.codec.take_commands():
+            self._client.publish(topic, payload, qos=0, retain=False)
         self._count(messages, on_time, late, dead, alerts)
 
     def _retained_dead_letter(self, message: mqtt.MQTTMessage, received_us: int) -> DeadLetter:
@@ -293,6 +313,7 @@ class Ingest:
         values["late"] += len(late)
         values["dead_letters"] += len(dead)
         values["alerts"] += len(alerts)
+        values.update(self.codec.counters())
         values["batches"] += 1
         for letter in dead:
             self.counters.dead_letter_reasons[letter.reason] += 1

@@ -1,4 +1,4 @@
-"""The latest value of every series, in an embedded SQLite file.
+"""The latest value of every series, and each device's status, in an embedded SQLite file.
 
 Writes are idempotent: a row replaces the stored one only when its event time is not older, so
 replaying a micro-batch after a restart leaves the same state. WAL mode lets readers (the CLI,
@@ -24,6 +24,23 @@ CREATE TABLE IF NOT EXISTS latest (
 )
 """
 
+_STATUS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS device_status (
+    device_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    since_us INTEGER NOT NULL,
+    metrics TEXT NOT NULL,
+    updated_us INTEGER NOT NULL
+)
+"""
+
+_STATUS_UPSERT = """
+INSERT INTO device_status (device_id, status, since_us, metrics, updated_us) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (device_id) DO UPDATE SET
+    status = excluded.status, since_us = excluded.since_us, metrics = excluded.metrics, updated_us = excluded.updated_us
+WHERE excluded.since_us >= device_status.since_us
+"""
+
 _UPSERT = """
 INSERT INTO latest (device_id, metric, ts_us, value, unit, site, updated_us)
 VALUES (?, ?, ?, ?, ?, ?, ?)
@@ -43,12 +60,31 @@ class LatestValueStore:
         self._connection = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self._connection.execute("PRAGMA journal_mode=WAL")
         self._connection.execute(_SCHEMA)
+        self._connection.execute(_STATUS_SCHEMA)
 
     def upsert(self, rows: Iterable[tuple[str, str, int, float, str | None, str | None, int]]) -> None:
         """Store rows of (device_id, metric, ts_us, value, unit, site, updated_us) in one transaction."""
         with self._connection:
             self._connection.execute("BEGIN")
             self._connection.executemany(_UPSERT, rows)
+
+    def set_status(self, rows: Iterable[tuple[str, str, int, str, int]]) -> None:
+        """Store rows of (device_id, status, since_us, metrics as JSON text, updated_us); newer ``since_us`` wins.
+
+        A device is ``stale`` from its DEATH until its next BIRTH makes it ``alive``; its latest
+        values stay in table ``latest``.
+        """
+        with self._connection:
+            self._connection.execute("BEGIN")
+            self._connection.executemany(_STATUS_UPSERT, rows)
+
+    def statuses(self) -> list[dict]:
+        """Return every device's status, ordered by device."""
+        cursor = self._connection.execute(
+            "SELECT device_id, status, since_us, metrics FROM device_status ORDER BY device_id"
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
 
     def latest(self) -> list[dict]:
         """Return every series' latest value, ordered by device and metric."""

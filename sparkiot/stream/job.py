@@ -7,7 +7,9 @@ Queries, each with its own checkpoint under ``DATA_DIR/checkpoints``:
 * ``windows``: the same deduplication, then event-time tumbling and sliding windows per
   (device_id, metric) with count, mean, min, max, stddev and approximate p50/p95, written to
   ``tables/windows`` once the watermark passes the window's end (append mode);
-* ``late``, ``dead_letters``, ``alerts``: copy their landing logs to tables of the same name.
+* ``late``, ``dead_letters``, ``alerts``: copy their landing logs to tables of the same name;
+* ``events`` (only when a route uses Sparkplug): device births and deaths to ``tables/events``,
+  and each device's status (``alive`` or ``stale``) to the state store.
 
 Exactly-once: every table is partitioned by ``date`` and ``batch_id`` and written with dynamic
 partition overwrite, so a micro-batch replayed after a crash replaces its own files instead of
@@ -20,6 +22,7 @@ passes its end, so the newest windows of a stream that stops stay open until mor
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
 from sparkiot.config import PipelineConfig, WindowConfig
 from sparkiot.ingest.consumer import landing_dir
@@ -36,9 +40,9 @@ from sparkiot.stream.source import SOURCE_NAME, LandingSource
 
 log = logging.getLogger(__name__)
 
-TABLES = ("readings", "windows", "late", "dead_letters", "alerts")
+TABLES = ("readings", "windows", "late", "dead_letters", "alerts", "events")
 # The event-time column that dates each table's partitions.
-_DATE_COLUMN = {"readings": "ts", "late": "ts", "dead_letters": "received_ts", "alerts": "ts"}
+_DATE_COLUMN = {"readings": "ts", "late": "ts", "dead_letters": "received_ts", "alerts": "ts", "events": "ts"}
 
 
 def table_path(config: PipelineConfig, table: str) -> Path:
@@ -61,6 +65,42 @@ def _interval(seconds: float) -> str:
     return f"{int(round(seconds * 1000))} milliseconds"
 
 
+class ProgressTotals(StreamingQueryListener):
+    """Totals from every micro-batch's progress report, per query name.
+
+    ``duplicates_dropped`` counts readings removed by ``msg_id`` deduplication;
+    ``dropped_by_watermark`` counts rows a stateful operator discarded as too late, which stays 0
+    while the ingest lands late readings separately. ``last_batch_ms`` is the last batch's duration.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.duplicates_dropped: dict[str, int] = {}
+        self.dropped_by_watermark: dict[str, int] = {}
+        self.last_batch_ms: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        progress = event.progress
+        name = progress.name or str(progress.id)
+        with self._lock:
+            self.last_batch_ms[name] = int(progress.batchDuration)
+            for operator in progress.stateOperators:
+                dropped = int(operator.customMetrics.get("numDroppedDuplicateRows", 0) or 0)
+                self.duplicates_dropped[name] = self.duplicates_dropped.get(name, 0) + dropped
+                late = int(operator.numRowsDroppedByWatermark or 0)
+                self.dropped_by_watermark[name] = self.dropped_by_watermark.get(name, 0) + late
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        pass
+
+
 class StreamingJob:
     """Builds and runs the job's streaming queries on a SparkSession."""
 
@@ -72,6 +112,10 @@ class StreamingJob:
         self.rows_written: dict[str, int] = {}
         self.batches: dict[str, int] = {}
         self._counter_lock = threading.Lock()
+        self.progress = ProgressTotals()
+        self._definitions: dict[str, tuple] = {}
+        self.restarts: dict[str, int] = {}
+        spark.streams.addListener(self.progress)
         spark.dataSource.register(LandingSource)
 
     def _read(self, log_name: str, consumer: str) -> DataFrame:
@@ -110,6 +154,7 @@ class StreamingJob:
             .start()
         )
         self.queries.append(query)
+        self._definitions[name] = (df, handler, trigger_seconds, output_mode)
         log.info("started query %s (checkpoint %s)", name, self.config.data_path / "checkpoints" / name)
         return query
 
@@ -120,6 +165,12 @@ class StreamingJob:
         self._start(self.window_frame(), "windows", self._write_windows, spark_config.trigger)
         for name in ("late", "dead_letters", "alerts"):
             self._start(self._read(name, name), name, self._copier(name), spark_config.side_trigger)
+        if self._uses_events():
+            self._start(self._read("events", "events"), "events", self._write_events, spark_config.side_trigger)
+
+    def _uses_events(self) -> bool:
+        codec = self.config.codec
+        return codec.format == "sparkplug" or any(route.format == "sparkplug" for route in codec.routes)
 
     def window_frame(self) -> DataFrame:
         """Return the streaming aggregation of every configured window over deduplicated readings."""
@@ -190,6 +241,23 @@ class StreamingJob:
         write_batch(flat, table_path(self.config, "windows"), batch_id, "window_start")
         return count
 
+    def _write_events(self, df: DataFrame, batch_id: int) -> int:
+        count = df.count()
+        if count == 0:
+            return 0
+        write_batch(df, table_path(self.config, "events"), batch_id, "ts")
+        now_us = time.time_ns() // 1000
+        rows = [
+            (row.device_id, "stale" if row.event == "death" else "alive", _to_us(row.ts), json.dumps(list(row.metrics)), now_us)
+            for row in df.select("device_id", "event", "ts", "metrics").orderBy("ts").collect()
+        ]
+        store = LatestValueStore(self.config.state_path)
+        try:
+            store.set_status(rows)
+        finally:
+            store.close()
+        return count
+
     def _copier(self, name: str):
         path = table_path(self.config, name)
         date_column = _DATE_COLUMN[name]
@@ -210,14 +278,34 @@ class StreamingJob:
         for waiter in waiters:
             waiter.join()
 
-    def failed_query(self):
-        """Return the first query that stopped with an error, or None."""
-        for query in self.queries:
-            if not query.isActive and query.exception() is not None:
+    def restart_failed(self, *, max_restarts: int = 3):
+        """Restart queries that stopped with an error from their checkpoints; return one that cannot be.
+
+        A query is restarted at most ``max_restarts`` times per run. Failures such as a Python
+        worker that did not connect back in time on an overloaded machine are transient; a query
+        that keeps failing is returned so the caller can stop with its error.
+        """
+        for query in list(self.queries):
+            if query.isActive or query.exception() is None:
+                continue
+            name = query.name
+            count = self.restarts.get(name, 0)
+            if count >= max_restarts:
                 return query
+            self.restarts[name] = count + 1
+            log.error("query %s failed (%s); restarting it from its checkpoint (%d of %d)",
+                      name, str(query.exception()).splitlines()[0], count + 1, max_restarts)
+            self.queries.remove(query)
+            df, handler, trigger_seconds, output_mode = self._definitions[name]
+            self._start(df, name, handler, trigger_seconds, output_mode)
         return None
 
     def stop(self) -> None:
+        """Stop every query and detach the progress listener."""
+        try:
+            self.spark.streams.removeListener(self.progress)
+        except Exception:  # noqa: BLE001 - the session may already be stopping
+            log.debug("progress listener was not removed", exc_info=True)
         for query in self.queries:
             try:
                 query.stop()
