@@ -56,6 +56,18 @@ def parse_size(text: str | int) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
 
 
+def _check_topic_pattern(value: str | None) -> str | None:
+    if value is None:
+        return value
+    for segment in value.split("/"):
+        if "{" in segment and not re.fullmatch(r"\{(site|device_id|metric|_)\}", segment):
+            raise ValueError(
+                f"invalid topic segment {segment!r}: a placeholder fills a whole segment and is one of "
+                "{site}, {device_id}, {metric} or {_}"
+            )
+    return value
+
+
 Seconds = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(lambda seconds: f"{seconds:g}s", when_used="json")]
 Bytes = Annotated[int, BeforeValidator(parse_size)]
 
@@ -167,6 +179,14 @@ class RouteConfig(_Section):
 
     topics: str
     format: CodecFormat
+    topic_pattern: str | None = Field(
+        default=None, description="names this fleet's topic segments; default codec.topic_pattern"
+    )
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _check_pattern(cls, value: str | None) -> str | None:
+        return _check_topic_pattern(value)
 
 
 class CodecConfig(_Section):
@@ -215,15 +235,7 @@ class CodecConfig(_Section):
     @field_validator("topic_pattern")
     @classmethod
     def _check_pattern(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        for segment in value.split("/"):
-            if "{" in segment and not re.fullmatch(r"\{(site|device_id|metric|_)\}", segment):
-                raise ValueError(
-                    f"invalid topic segment {segment!r}: a placeholder fills a whole segment and is one of "
-                    "{site}, {device_id}, {metric} or {_}"
-                )
-        return value
+        return _check_topic_pattern(value)
 
     @field_validator("min_timestamp")
     @classmethod

@@ -33,11 +33,18 @@ def build_codec(format_name: str, config: CodecConfig, *, dead_letter_raw_bytes:
 
 
 def make_codec(config: CodecConfig, *, dead_letter_raw_bytes: int = 4096) -> CodecRouter:
-    """Return a router that decodes each topic with the format ``config.routes`` assigns to it."""
-    routes = [(route.topics, route.format) for route in config.routes]
-    return CodecRouter(
-        routes, config.format, lambda name: build_codec(name, config, dead_letter_raw_bytes=dead_letter_raw_bytes)
-    )
+    """Return a router that decodes each topic with the format and topic pattern its route assigns."""
+
+    def build(route_index: int | None):
+        if route_index is None:
+            return build_codec(config.format, config, dead_letter_raw_bytes=dead_letter_raw_bytes)
+        route = config.routes[route_index]
+        route_config = config
+        if route.topic_pattern is not None:
+            route_config = config.model_copy(update={"topic_pattern": route.topic_pattern})
+        return build_codec(route.format, route_config, dead_letter_raw_bytes=dead_letter_raw_bytes)
+
+    return CodecRouter([(route.topics, index) for index, route in enumerate(config.routes)], build)
 
 
 __all__ = ["FORMATS", "CodecRouter", "Decoded", "JsonCodec", "build_codec", "make_codec", "topic_matches"]

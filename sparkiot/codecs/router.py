@@ -38,24 +38,27 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
 
 
 class CodecRouter:
-    """Decode each payload with the codec its topic routes to; codecs are built on first use."""
+    """Decode each payload with the codec its topic routes to; codecs are built on first use.
 
-    def __init__(self, routes: list[tuple[str, str]], default_format: str, build: Callable[[str], object]) -> None:
+    ``routes`` are (topic filter, codec key) pairs; ``build`` makes the codec of a key, and the
+    key ``None`` names the default codec for topics no route matches.
+    """
+
+    def __init__(self, routes: list[tuple[str, object]], build: Callable[[object], object]) -> None:
         self._routes = routes
-        self._default = default_format
         self._build = build
-        self._codecs: dict[str, object] = {}
+        self._codecs: dict[object, object] = {}
 
     def codec_for(self, topic: str):
         """Return the codec that decodes payloads on ``topic``."""
-        name = self._default
-        for topic_filter, format_name in self._routes:
+        key = None
+        for topic_filter, route_key in self._routes:
             if topic_matches(topic_filter, topic):
-                name = format_name
+                key = route_key
                 break
-        codec = self._codecs.get(name)
+        codec = self._codecs.get(key)
         if codec is None:
-            codec = self._codecs[name] = self._build(name)
+            codec = self._codecs[key] = self._build(key)
         return codec
 
     def decode(self, payload: bytes, topic: str, received_us: int) -> Decoded:
@@ -73,9 +76,10 @@ class CodecRouter:
     def counters(self) -> dict[str, int]:
         """Return the codecs' own counters (such as Sparkplug sequence gaps), prefixed by format."""
         totals: dict[str, int] = {}
-        for name, codec in self._codecs.items():
+        for codec in self._codecs.values():
+            prefix = type(codec).__name__.removesuffix("Codec").lower()
             for key, value in getattr(codec, "counters", {}).items():
-                totals[f"{name}_{key}"] = value
+                totals[f"{prefix}_{key}"] = totals.get(f"{prefix}_{key}", 0) + value
         return totals
 
     def take_events(self) -> list[dict]:
