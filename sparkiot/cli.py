@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -92,6 +93,15 @@ def cmd_demo(args) -> int:
             "watermark": "2h",
         }
     )
+    data_dir = Path(args.data_dir)
+    previous = data_dir / "pipeline.json"
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if previous.exists() and json.loads(previous.read_text()).get("name") == "demo":
+            print(f"removing the results of the previous demo in {data_dir}")
+            shutil.rmtree(data_dir)
+        else:
+            print(f"error: {data_dir} holds other data; give the demo an empty or new --data-dir", file=sys.stderr)
+            return 2
     series = demo_series()
     duration = args.duration
     # Each series starts so that, at this speed, the replay reaches the present when the demo ends.
@@ -101,7 +111,9 @@ def cmd_demo(args) -> int:
     replayer_box: dict = {}
 
     def start_replay(broker_url: str) -> None:
-        replayer = Replayer(series, broker_url, speed=args.speed, batch=100, protocol="3.1.1")
+        # A message spans at most 20 rows and 0.02 s of replay (33 min of event time at 100000x),
+        # well inside the 2 h watermark, so interleaved series do not make each other late.
+        replayer = Replayer(series, broker_url, speed=args.speed, batch=20, linger=0.02, protocol="3.1.1")
         replayer_box["replayer"] = replayer
         threading.Thread(target=replayer.run, name="replay", daemon=True).start()
 
@@ -156,6 +168,10 @@ def cmd_replay(args) -> int:
     from sparkiot.codecs.timestamps import iso_to_us
     from sparkiot.ingest.replay import Replayer, load_csv
 
+    problem = _replay_argument_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     columns = args.columns.split(",") if args.columns else None
     series = []
     for path in args.files:
@@ -185,6 +201,44 @@ def cmd_replay(args) -> int:
         sent = replayer.published_rows
     print(f"published {sent} rows in {replayer.published_messages} messages")
     return 0
+
+
+def _replay_argument_problem(args) -> str | None:
+    """Return what is wrong with the replay flags, or None."""
+    import math
+    from zoneinfo import ZoneInfo
+
+    from sparkiot.codecs.timestamps import TimestampError, iso_to_us
+    from sparkiot.ingest.mqtt_client import parse_broker_url
+
+    try:
+        parse_broker_url(args.broker)
+    except ValueError as exc:
+        return str(exc)
+    if not math.isfinite(args.speed) or args.speed < 0:
+        return f"--speed {args.speed} must be 0 (as fast as possible) or a positive number"
+    if args.batch < 1:
+        return f"--batch {args.batch} must be at least 1"
+    if args.limit is not None and args.limit < 1:
+        return f"--limit {args.limit} must be at least 1"
+    if args.linger < 0:
+        return f"--linger {args.linger} must not be negative"
+    try:
+        topic = args.topic.format(site="site", device_id="device")
+    except (KeyError, IndexError, ValueError):
+        return f"--topic {args.topic!r} may use only {{site}} and {{device_id}}, such as 'sensors/{{site}}/{{device_id}}'"
+    if not topic or "+" in topic or "#" in topic:
+        return f"--topic {args.topic!r} must be a non-empty topic name without wildcards"
+    try:
+        ZoneInfo(args.timezone)
+    except (ValueError, OSError, KeyError):
+        return f"--timezone {args.timezone!r} is not a known time zone; use an IANA name such as 'Europe/Berlin'"
+    if args.start and args.start != "now":
+        try:
+            iso_to_us(args.start, "UTC")
+        except TimestampError as exc:
+            return f"--start: {exc}"
+    return None
 
 
 # -- decode -------------------------------------------------------------------------------------
@@ -220,14 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="replay real sensor data through an embedded broker into Spark")
-    demo.add_argument("--duration", type=_duration, default=60.0, help="seconds to run (default 60; 0 runs until Ctrl-C)")
+    demo.add_argument("--duration", type=_duration, default=60.0, help="seconds to run, Spark's start-up included (default 60; 0 runs until Ctrl-C)")
     demo.add_argument("--data-dir", default="sparkiot-data", help="where tables, state and logs go (default ./sparkiot-data)")
     demo.add_argument("--speed", type=float, default=100000.0, help="replay speed-up over real time (default 100000)")
     demo.set_defaults(handler=cmd_demo)
 
     run = commands.add_parser("run", help="run a pipeline file")
     run.add_argument("config", help="pipeline YAML file (see examples/pipeline.yaml)")
-    run.add_argument("--duration", type=_duration, default=None, help="seconds to run (default: until Ctrl-C)")
+    run.add_argument("--duration", type=_duration, default=None, help="seconds to run, Spark's start-up included (default: until Ctrl-C)")
     run.add_argument("--data-dir", default=None, help="override the file's data_dir")
     run.add_argument("--quiet", action="store_true", help="no live status line")
     run.set_defaults(handler=cmd_run)

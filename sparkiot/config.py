@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, field_validator, model_validator
 
 _UTC = timezone.utc
+_MAX_DURATION = 100 * 365 * 86400.0
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
@@ -39,7 +40,10 @@ def parse_duration(text: str | int | float) -> float:
     match = _DURATION_RE.fullmatch(text)
     if not match:
         raise ValueError(f"invalid duration {text!r}: write a number with a unit (ms, s, m, h or d), such as '30s'")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds > _MAX_DURATION:
+        raise ValueError(f"invalid duration {text[:40]!r}: longer than 100 years")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
@@ -54,6 +58,18 @@ def parse_size(text: str | int) -> int:
     if not match or match.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"invalid size {text!r}: write a byte count or a number with a unit (KiB, MiB, GiB), such as '64MiB'")
     return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+
+
+def _check_topic_filter(topic_filter: str) -> None:
+    """Raise ValueError unless ``topic_filter`` is a valid MQTT subscription filter."""
+    levels = topic_filter.split("/")
+    if not topic_filter:
+        raise ValueError("a topic filter must not be empty")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            raise ValueError(f"invalid topic filter {topic_filter!r}: '#' must be a whole last level, such as 'sensors/#'")
+        if "+" in level and level != "+":
+            raise ValueError(f"invalid topic filter {topic_filter!r}: '+' must be a whole level, such as 'sensors/+/temp'")
 
 
 def _check_topic_pattern(value: str | None) -> str | None:
@@ -96,12 +112,43 @@ class SourceConfig(_Section):
         description="what a retained message replayed at subscribe time becomes; 'accept' marks its readings",
     )
 
+    @field_validator("topics")
+    @classmethod
+    def _check_topics(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one topic filter is needed, such as ['sensors/#']")
+        for topic_filter in value:
+            _check_topic_filter(topic_filter)
+        return value
+
+    @field_validator("client_id")
+    @classmethod
+    def _check_client_id(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the client id must not be empty: the broker keeps the ingest's session under it")
+        return value
+
+    @field_validator("keepalive")
+    @classmethod
+    def _check_keepalive(cls, value: float) -> float:
+        if not 1 <= value <= 65535:
+            raise ValueError(f"keepalive must be between 1s and 65535s (the MQTT limit), got {value:g}s")
+        return value
+
+    @model_validator(mode="after")
+    def _check_reconnect(self) -> "SourceConfig":
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError(f"source.reconnect_min ({self.reconnect_min:g}s) exceeds source.reconnect_max ({self.reconnect_max:g}s)")
+        return self
+
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
         if value == "embedded":
             return value
-        match = re.fullmatch(r"mqtts?://[^:/\s]+(?::(\d+))?/?", value)
+        if value.startswith("mqtts://"):
+            raise ValueError(f"invalid broker {value!r}: TLS (mqtts://) is not supported yet; use mqtt://HOST:PORT")
+        match = re.fullmatch(r"mqtt://[^:/\s]+(?::(\d+))?/?", value)
         if not match or (match.group(1) and not 0 < int(match.group(1)) < 65536):
             raise ValueError(f"invalid broker {value!r}: use 'embedded' or a URL such as 'mqtt://127.0.0.1:1883'")
         return value
@@ -289,6 +336,13 @@ class AnomalyConfig(_Section):
     threshold: float = Field(default=4.0, gt=0)
     alert_topic: str = "sparkiot/alerts"
 
+    @field_validator("alert_topic")
+    @classmethod
+    def _check_alert_topic(cls, value: str) -> str:
+        if not value or "+" in value or "#" in value:
+            raise ValueError(f"alert_topic {value!r} must be a topic name without wildcards (+ or #), such as 'sparkiot/alerts'")
+        return value
+
     @model_validator(mode="after")
     def _check_warmup(self) -> "AnomalyConfig":
         if self.warmup > self.window:
@@ -369,6 +423,10 @@ def _format_seconds(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
 
 
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def load_config(path: str | Path, **overrides: object) -> PipelineConfig:
     """Read and validate a pipeline file; ``overrides`` replace top-level keys.
 
@@ -380,8 +438,16 @@ def load_config(path: str | Path, **overrides: object) -> PipelineConfig:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"pipeline file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give the path of a pipeline YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; a pipeline file is YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a pipeline file") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{path} is not valid YAML: {str(exc)[:500]}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -402,6 +468,6 @@ def build_config(raw: dict, origin: str = "configuration") -> PipelineConfig:
             if error["type"] == "extra_forbidden":
                 message = "unknown option: check the spelling against examples/pipeline.yaml"
             value = error.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {value!r})"
+            shown = "" if isinstance(value, dict) else f" (got {_shorten(repr(value))})"
             lines.append(f"  {where}: {message}{shown}")
         raise ConfigError(f"invalid pipeline in {origin}:\n" + "\n".join(lines)) from None

@@ -38,6 +38,30 @@ class RunSummary:
     failure: str | None = None
 
 
+def checkpoint_conflict(config: PipelineConfig) -> str | None:
+    """Return why ``config`` cannot continue the checkpoints in its data directory, or None.
+
+    Spark's checkpoints keep the watermark and window state of the earlier run; a different
+    watermark or window set would make Spark drop readings the ingest accepted.
+    """
+    previous_path = config.data_path / "pipeline.json"
+    if not previous_path.exists():
+        return None
+    try:
+        previous = json.loads(previous_path.read_text())
+    except (OSError, ValueError):
+        return None
+    current = config.model_dump(mode="json")
+    changed = [key for key in ("watermark", "windows") if previous.get(key) != current.get(key)]
+    if not changed:
+        return None
+    details = ", ".join(f"{key} was {previous.get(key)!r}, now {current.get(key)!r}" for key in changed)
+    return (
+        f"the data directory {config.data_path} holds checkpoints of a run with other settings ({details}); "
+        "use a new data_dir, or delete its checkpoints, landing and tables folders to start over"
+    )
+
+
 class Pipeline:
     """One pipeline run; :meth:`run` returns when the duration ends, on Ctrl-C, or on a failure."""
 
@@ -64,7 +88,13 @@ class Pipeline:
         from sparkiot.stream.session import build_session
 
         config = self.config
-        config.data_path.mkdir(parents=True, exist_ok=True)
+        try:
+            config.data_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return RunSummary(config.data_path, 0.0, {}, failure=f"cannot create data directory {config.data_path}: {exc}")
+        conflict = checkpoint_conflict(config)
+        if conflict:
+            return RunSummary(config.data_path, 0.0, {}, failure=conflict)
         broker = None
         ingest = None
         job = None
@@ -99,7 +129,8 @@ class Pipeline:
                     break
                 failed = job.restart_failed()
                 if failed is not None:
-                    failure = f"Spark query {failed.name} failed: {failed.exception()}"
+                    first_line = str(failed.exception()).splitlines()[0]
+                    failure = f"Spark query {failed.name} failed: {first_line} (Spark's log: {config.data_path / 'logs' / 'spark.log'})"
                     break
                 view.render(job.rows_written, job.batches)
                 self._stop.wait(1.0)
@@ -116,7 +147,9 @@ class Pipeline:
                     ingest.kill()
             if job is not None:
                 if failure is None:
-                    job.process_all_available()
+                    errors = job.process_all_available()
+                    if errors:
+                        failure = "; ".join(errors) + f" (Spark's log: {config.data_path / 'logs' / 'spark.log'})"
                 job.stop()
             if spark is not None:
                 spark.stop()

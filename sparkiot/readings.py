@@ -85,6 +85,7 @@ class Reason(str, Enum):
     TIMESTAMP_OUT_OF_RANGE = "timestamp_out_of_range"
     TOPIC_MISMATCH = "topic_mismatch"
     RETAINED_MESSAGE = "retained_message"
+    DECODER_ERROR = "decoder_error"
     INVALID_CBOR = "invalid_cbor"
     INVALID_SENML = "invalid_senml"
     INVALID_PROTOBUF = "invalid_protobuf"

@@ -128,3 +128,25 @@ def test_demo_runs_on_embedded_defaults(tmp_path):
     assert series == {("cgm-1", "glucose"), ("cgm-1", "isig"), ("buoy-1", "temperature")}
     assert "results in" in result.stdout.decode()
     assert isinstance(readings["ts"].dtype, pd.DatetimeTZDtype)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--broker", "http://127.0.0.1"], "invalid broker URL"),
+        (["--speed", "-1"], "--speed -1.0 must be 0"),
+        (["--topic", "sensors/{nope}"], "may use only {site} and {device_id}"),
+        (["--topic", "sensors/#"], "without wildcards"),
+        (["--timezone", "Mars/X"], "not a known time zone"),
+        (["--start", "garbage"], "is not ISO 8601"),
+        (["--batch", "0"], "--batch 0 must be at least 1"),
+    ],
+)
+def test_replay_rejects_bad_flags(tmp_path, flags, message):
+    path = tmp_path / "series.csv"
+    path.write_text("time,v\n2024-01-01 00:00:00,1\n")
+
+    result = sparkiot("replay", str(path), *flags)
+
+    assert result.returncode == 2
+    assert message in result.stderr.decode()

@@ -59,7 +59,7 @@ def test_single_reading_fields():
     assert result.value == 21.5
     assert result.unit == "C"
     assert result.site == "lab"
-    assert result.msg_id == "m-1"
+    assert result.msg_id == "d1:m-1"
     assert result.ingest_us == RECEIVED_US
     assert result.source == TOPIC
 
@@ -152,13 +152,13 @@ def test_configured_field_names():
 def test_payload_id_single():
     readings, _ = decode(reading(id=17))
 
-    assert readings[0].msg_id == "17"
+    assert readings[0].msg_id == "d1:17"
 
 
 def test_payload_id_multi_metric():
     readings, _ = decode({"device_id": "d1", "ts": TS_S, "id": "abc", "temp": 1, "rh": 2})
 
-    assert sorted(r.msg_id for r in readings) == ["abc:rh", "abc:temp"]
+    assert sorted(r.msg_id for r in readings) == ["d1:abc:rh", "d1:abc:temp"]
 
 
 def test_derived_msg_id_stable():
@@ -519,3 +519,40 @@ def test_root_path_missing():
     assert readings == []
     assert [letter.reason for letter in dead_letters] == ["missing_field"]
     assert "data.readings" in dead_letters[0].detail
+
+
+def test_payload_id_scoped_by_device():
+    documents = [reading(device_id="a", id=1), reading(device_id="b", id=1)]
+
+    readings, _ = decode(documents)
+
+    assert [r.msg_id for r in readings] == ["a:1", "b:1"]
+
+
+@pytest.mark.parametrize("field", ["device_id", "metric", "site", "unit", "id"])
+def test_unpaired_surrogate_rejected(field):
+    payload = json.dumps(reading()).replace('"ts"', f'"{field}": "\\ud800", "ts"', 1).encode()
+    if field in ("device_id", "metric"):
+        document = reading()
+        document[field] = "PLACEHOLDER"
+        payload = json.dumps(document).replace("PLACEHOLDER", "\\ud800").encode()
+
+    readings, dead_letters = decode(payload)
+
+    assert readings == []
+    assert [letter.reason for letter in dead_letters] == ["invalid_field"]
+
+
+def test_overlong_device_id_rejected():
+    readings, dead_letters = decode(reading(device_id="d" * 257))
+
+    assert readings == []
+    assert [letter.reason for letter in dead_letters] == ["invalid_field"]
+
+
+def test_empty_topic_segment_rejected():
+    readings, dead_letters = decode(b'{"ts": 1714564800, "value": 1}', topic="sensors/lab//temp",
+                                    topic_pattern="sensors/{site}/{device_id}/{metric}")
+
+    assert readings == []
+    assert [letter.reason for letter in dead_letters] == ["topic_mismatch"]

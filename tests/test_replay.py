@@ -127,3 +127,12 @@ def test_replay_publishes_every_row_in_order(mosquitto, unique):
     assert sorted(row["ts"] for row in rows) == merged.tolist()
     assert {row["device_id"] for row in rows} == {"cgm-1", "buoy-1"}
     assert all("glucose" in row for row in rows if row["device_id"] == "cgm-1")
+
+
+def test_epoch_seconds_time_column(tmp_path):
+    path = tmp_path / "epoch.csv"
+    path.write_text("ts,v\n1700000000,1\n1700000300,2\n")
+
+    series = load_csv(path)
+
+    assert series.ts_us.tolist() == [1_700_000_000_000_000, 1_700_000_300_000_000]

@@ -134,6 +134,8 @@ class JsonCodec:
         for name, segment in zip(self._pattern, segments):
             if name.startswith("{"):
                 if name != "{_}":
+                    if not segment:
+                        raise _Reject(Reason.TOPIC_MISMATCH, f"topic {topic!r} has an empty segment for {name}")
                     fields[name[1:-1]] = segment
             elif name != segment:
                 raise _Reject(
@@ -156,10 +158,12 @@ class JsonCodec:
         try:
             if isinstance(element, dict):
                 device_id = self._identifier(element, config.device_id_field, topic_fields.get("device_id"), "device_id")
-                site = _optional_text(_field(element, config.site_field), topic_fields.get("site"))
+                site = _optional_text(_field(element, config.site_field), topic_fields.get("site"), "site")
                 ts_us, ts_assumed = self._timestamp(_field(element, config.ts_field), received_us)
                 payload_id = _field(element, config.id_field)
-                unit = _optional_text(_field(element, config.unit_field), None)
+                if isinstance(payload_id, str) and payload_id:
+                    payload_id = _text(payload_id, "id")
+                unit = _optional_text(_field(element, config.unit_field), None, "unit")
                 metrics = self._metrics(element, topic_fields)
             elif self._is_scalar_value(element) and "device_id" in topic_fields and "metric" in topic_fields:
                 device_id = topic_fields["device_id"]
@@ -183,16 +187,18 @@ class JsonCodec:
         marks = (MARK_RECEIVE_TIME,) if ts_assumed else ()
         for metric, raw_value in metrics:
             try:
+                metric = _text(metric, "metric")
                 value = self._number(raw_value, metric)
             except _Reject as reject:
                 reject.detail = where + reject.detail
                 raw = _element_bytes({metric: raw_value} if not single else element)
                 dead_letters.append(self._dead_letter(raw, topic, reject, received_us))
                 continue
-            if not isinstance(payload_id, (str, int)) or isinstance(payload_id, bool):
+            if not isinstance(payload_id, (str, int)) or isinstance(payload_id, bool) or payload_id == "":
                 msg_id = derive_msg_id(device_id, metric, ts_us, value)
             else:
-                msg_id = str(payload_id) if single else f"{payload_id}:{metric}"
+                # Devices number their messages independently, so the key includes the device.
+                msg_id = f"{device_id}:{payload_id}" if single else f"{device_id}:{payload_id}:{metric}"
             readings.append(Reading(device_id, metric, ts_us, value, unit, site, msg_id, received_us, topic, marks))
 
     def _identifier(self, element: dict, field: str, fallback: str | None, name: str) -> str:
@@ -204,9 +210,9 @@ class JsonCodec:
                 Reason.MISSING_FIELD,
                 f"missing {name}: put it in field {field!r} or name it in codec.topic_pattern",
             )
-        if isinstance(value, bool) or not isinstance(value, (str, int)) or value == "":
-            raise _Reject(Reason.INVALID_FIELD, f"{name} {value!r} must be a non-empty string")
-        return str(value)
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise _Reject(Reason.INVALID_FIELD, f"{name} {_shorten(value)} must be a string or an integer")
+        return _text(str(value), name)
 
     def _metrics(self, element: dict, topic_fields: dict[str, str]) -> list[tuple[str, object]]:
         config = self.config
@@ -322,14 +328,31 @@ def _parse_int(text: str) -> int | float:
     return int(text) if len(text) <= 4000 else float("inf")
 
 
-def _optional_text(value: object, fallback: str | None) -> str | None:
+MAX_TEXT_LENGTH = 256
+
+
+def _text(value: str, name: str) -> str:
+    """Return ``value`` when it can name a device, metric, site or unit; reject it otherwise."""
+    if not value:
+        raise _Reject(Reason.INVALID_FIELD, f"{name} is empty; send a non-empty string")
+    if len(value) > MAX_TEXT_LENGTH:
+        raise _Reject(Reason.INVALID_FIELD, f"{name} {value[:40]!r}... is longer than {MAX_TEXT_LENGTH} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON can escape half of a UTF-16 surrogate pair (\ud800), which no UTF-8 text can hold.
+        raise _Reject(Reason.INVALID_FIELD, f"{name} {value[:40]!r} contains an unpaired surrogate escape") from None
+    return value
+
+
+def _optional_text(value: object, fallback: str | None, name: str) -> str | None:
     if value is None:
         return fallback
     if isinstance(value, _NonFinite):
         return value.text
     if isinstance(value, (dict, list)):
-        raise _Reject(Reason.INVALID_FIELD, f"expected text, got {_shorten(value)}")
-    return str(value)
+        raise _Reject(Reason.INVALID_FIELD, f"{name}: expected text, got {_shorten(value)}")
+    return _text(str(value), name)
 
 
 def _element_bytes(element: object) -> bytes:

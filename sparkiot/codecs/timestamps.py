@@ -84,7 +84,8 @@ def to_us(value: object, unit: str, default_zone: str) -> int:
         if re.fullmatch(r"-?\d+", stripped):
             raise TimestampError(f"timestamp {stripped[:40]}... has too many digits for an epoch")
         return iso_to_us(stripped, default_zone)
-    raise TimestampError(f"timestamp {value!r} is neither a number nor ISO 8601 text")
+    shown = getattr(value, "text", None) or repr(value)[:60]
+    raise TimestampError(f"timestamp {shown} is neither a finite number nor ISO 8601 text")
 
 
 def us_to_iso(ts_us: int) -> str:

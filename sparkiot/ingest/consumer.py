@@ -31,9 +31,10 @@ from collections import Counter
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import pyarrow as pa
 
 from sparkiot.anomaly import RollingZScore
-from sparkiot.codecs import make_codec
+from sparkiot.codecs import Decoded, make_codec
 from sparkiot.config import PipelineConfig
 from sparkiot.ingest.landing import LandingLog, LogReader
 from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
@@ -241,7 +242,7 @@ class Ingest:
             if message.retain and self.config.source.retained == "dead_letter":
                 dead.append(self._retained_dead_letter(message, received_us))
                 continue
-            decoded = self.codec.decode(message.payload, message.topic, received_us)
+            decoded = self._decode(message, received_us)
             dead.extend(decoded.dead_letters)
             for reading in decoded.readings:
                 if message.retain:
@@ -263,7 +264,12 @@ class Ingest:
                                   received_us)
                         )
 
-        self.logs["readings"].append(readings_to_batch(on_time), max_event_us=max_event_us)
+        try:
+            batch = readings_to_batch(on_time)
+        except (UnicodeEncodeError, pa.ArrowException):
+            on_time = self._drop_unstorable(on_time, dead)
+            batch = readings_to_batch(on_time)
+        self.logs["readings"].append(batch, max_event_us=max_event_us)
         self.logs["late"].append(late_to_batch(late, late_marks))
         self.logs["dead_letters"].append(dead_letters_to_batch(dead))
         self.logs["alerts"].append(alerts_to_batch(alerts))
@@ -279,6 +285,34 @@ class Ingest:
         for topic, payload in self.codec.take_commands():
             self._client.publish(topic, payload, qos=0, retain=False)
         self._count(messages, on_time, late, dead, alerts)
+
+    def _decode(self, message: mqtt.MQTTMessage, received_us: int) -> Decoded:
+        """Decode one message; a codec bug becomes a dead letter instead of stopping the ingest."""
+        try:
+            return self.codec.decode(message.payload, message.topic, received_us)
+        except Exception as exc:  # noqa: BLE001 - one poison message must not stop every other device
+            self.counters.values["decoder_errors"] += 1
+            if self.counters.values["decoder_errors"] <= 10:
+                log.exception("decoder failed on a message of %d bytes on %s; kept as a dead letter", len(message.payload), message.topic)
+            limit = self.config.landing.dead_letter_raw_bytes
+            letter = DeadLetter(message.payload[:limit], len(message.payload), message.topic, Reason.DECODER_ERROR.value,
+                                f"the decoder failed: {type(exc).__name__}: {exc}"[:500], received_us)
+            return Decoded([], [letter])
+
+    @staticmethod
+    def _drop_unstorable(readings: list[Reading], dead: list[DeadLetter]) -> list[Reading]:
+        """Keep the readings whose text fields can be stored; the others become dead letters."""
+        kept = []
+        for reading in readings:
+            try:
+                readings_to_batch([reading])
+            except (UnicodeEncodeError, pa.ArrowException) as exc:
+                raw = repr(reading).encode("utf-8", "backslashreplace")
+                dead.append(DeadLetter(raw[:4096], len(raw), reading.source, Reason.INVALID_FIELD.value,
+                                       f"a text field cannot be stored: {exc}"[:500], reading.ingest_us))
+                continue
+            kept.append(reading)
+        return kept
 
     def _retained_dead_letter(self, message: mqtt.MQTTMessage, received_us: int) -> DeadLetter:
         limit = self.config.landing.dead_letter_raw_bytes

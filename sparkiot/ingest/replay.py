@@ -8,7 +8,7 @@ CSV files (plain or gzip) are read with pandas. Layouts recognised without flags
 * ``bokeh-sampledata``: ``CGM.csv.gz`` (``isig,datetime,glucose``) and
   ``sea_surface_temperature.csv.gz`` (``time (UTC),temperature (celsius)``).
 
-The time column is the first whose name contains "time" or "date", unless ``time_column`` names
+The time column is the first whose name contains "time" or "date" or is "ts", unless ``time_column`` names
 it; every other numeric column is a metric. A column named ``name (unit)`` becomes metric
 ``name`` with that unit. Empty cells, and text such as ``nil`` in a column of numbers, are skipped, not sent.
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sparkiot.codecs.timestamps import guess_epoch_unit
 from sparkiot.ingest.mqtt_client import connect_publisher
 
 log = logging.getLogger(__name__)
@@ -85,20 +86,26 @@ def load_csv(
     path = Path(path)
     try:
         frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, EOFError) as exc:
         raise ValueError(f"cannot read {path} as CSV: {exc}") from None
     if frame.empty:
         raise ValueError(f"{path} has no data rows")
 
     if time_column is None:
-        candidates = [name for name in frame.columns if re.search(r"time|date", str(name), re.IGNORECASE)]
+        candidates = [name for name in frame.columns if re.search(r"time|date|^ts$", str(name), re.IGNORECASE)]
         if not candidates:
             raise ValueError(f"{path}: no time column found among {list(frame.columns)}; name it with --time-column")
         time_column = candidates[0]
     elif time_column not in frame.columns:
         raise ValueError(f"{path}: time column {time_column!r} not found; columns are {list(frame.columns)}")
 
-    times = pd.to_datetime(frame[time_column], utc=False, errors="coerce", format="mixed")
+    raw_times = frame[time_column]
+    if pd.api.types.is_numeric_dtype(raw_times):
+        # Epoch numbers: the unit is guessed by magnitude, as the JSON codec's ts_unit 'auto' does.
+        unit = guess_epoch_unit(float(raw_times.abs().max()))
+        times = pd.to_datetime(raw_times, unit=unit, utc=True, errors="coerce")
+    else:
+        times = pd.to_datetime(raw_times, utc=False, errors="coerce", format="mixed")
     if times.isna().all():
         raise ValueError(f"{path}: column {time_column!r} holds no readable timestamps")
     if times.dt.tz is None:
@@ -245,6 +252,11 @@ class Replayer:
             last_info = self._flush(client, topics, pending) or last_info
             if last_info is not None:
                 last_info.wait_for_publish(timeout=60)
+                if not last_info.is_published():
+                    raise ConnectionError(
+                        f"the broker {self.broker_url} did not acknowledge the last message within 60 s; "
+                        f"{self.published_rows} rows were handed to the client but may not all have arrived"
+                    )
         finally:
             client.disconnect()
             client.loop_stop()

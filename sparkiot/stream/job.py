@@ -270,13 +270,25 @@ class StreamingJob:
 
         return copy
 
-    def process_all_available(self) -> None:
-        """Block until every query has processed everything landed so far (queries wait in parallel)."""
-        waiters = [threading.Thread(target=query.processAllAvailable) for query in self.queries]
+    def process_all_available(self) -> list[str]:
+        """Block until every query has processed everything landed so far; return the errors of failed queries.
+
+        Queries wait in parallel. A query that fails while waiting is reported by name, not raised.
+        """
+        errors: list[str] = []
+
+        def wait(query) -> None:
+            try:
+                query.processAllAvailable()
+            except Exception as exc:  # noqa: BLE001 - collected and returned to the caller
+                errors.append(f"Spark query {query.name} failed: {str(exc).splitlines()[0]}")
+
+        waiters = [threading.Thread(target=wait, args=(query,)) for query in self.queries]
         for waiter in waiters:
             waiter.start()
         for waiter in waiters:
             waiter.join()
+        return errors
 
     def restart_failed(self, *, max_restarts: int = 3):
         """Restart queries that stopped with an error from their checkpoints; return one that cannot be.
