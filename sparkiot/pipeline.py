@@ -147,9 +147,7 @@ class Pipeline:
                     ingest.kill()
             if job is not None:
                 if failure is None:
-                    errors = job.process_all_available()
-                    if errors:
-                        failure = "; ".join(errors) + f" (Spark's log: {config.data_path / 'logs' / 'spark.log'})"
+                    failure = self._drain(job, config)
                 job.stop()
             if spark is not None:
                 spark.stop()
@@ -161,6 +159,17 @@ class Pipeline:
         return RunSummary(
             config.data_path, time.monotonic() - started, read_counters(config.data_path), output_rows, duplicates, failure
         )
+
+    @staticmethod
+    def _drain(job, config: PipelineConfig) -> str | None:
+        """Let every query process what was landed; restart transient failures; return a failure or None."""
+        for _ in range(4):
+            errors = job.process_all_available()
+            if not errors:
+                return None
+            if job.restart_failed() is not None:
+                break
+        return "; ".join(errors) + f" (Spark's log: {config.data_path / 'logs' / 'spark.log'})"
 
     @staticmethod
     def _wait_for_subscription(config: PipelineConfig, ingest: subprocess.Popen, timeout: float = 60.0) -> None:
