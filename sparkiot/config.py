@@ -306,6 +306,9 @@ class LandingConfig(_Section):
     retention_bytes: Bytes = 2 * 1024**3
     retention_age: Seconds = 7 * 86400.0
     batch_max_messages: int = Field(default=5000, ge=1, description="messages landed with one fsync at most")
+    batch_max_bytes: Bytes = Field(
+        default=2 * 1024**2, description="payload bytes landed with one fsync at most, which bounds commit time and memory"
+    )
     dead_letter_raw_bytes: Bytes = 4096
 
 

@@ -5,7 +5,7 @@ Guarantee: a QoS 1/2 message is acknowledged (manual ack) only after everything 
 moment loses nothing; the broker redelivers what was not acknowledged, and Spark removes the
 resulting duplicates by ``msg_id``. Messages are processed and acknowledged in arrival order.
 
-Group commit: the loop takes every message waiting (up to ``landing.batch_max_messages``) and
+Group commit: the loop takes every message waiting (up to ``landing.batch_max_messages`` and ``landing.batch_max_bytes``) and
 lands them with one fsync per log, so throughput grows with load while a lone message is landed
 and acknowledged at once.
 
@@ -221,11 +221,15 @@ class Ingest:
         except queue.Empty:
             return
         messages = [first]
-        while len(messages) < self.config.landing.batch_max_messages:
+        size = len(first.payload)
+        landing = self.config.landing
+        while len(messages) < landing.batch_max_messages and size < landing.batch_max_bytes:
             try:
-                messages.append(self._messages.get_nowait())
+                message = self._messages.get_nowait()
             except queue.Empty:
                 break
+            messages.append(message)
+            size += len(message.payload)
         self.land(messages)
 
     def land(self, messages: list[mqtt.MQTTMessage]) -> None:
