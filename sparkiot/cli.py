@@ -113,7 +113,7 @@ def cmd_demo(args) -> int:
     def start_replay(broker_url: str) -> None:
         # A message spans at most 20 rows and 0.02 s of replay (33 min of event time at 100000x),
         # well inside the 2 h watermark, so interleaved series do not make each other late.
-        replayer = Replayer(series, broker_url, speed=args.speed, batch=20, linger=0.02, protocol="3.1.1")
+        replayer = Replayer(series, broker_url, speed=args.speed, batch=20, linger=0.02, protocol="3.1.1", stop_at_present=True)
         replayer_box["replayer"] = replayer
         threading.Thread(target=replayer.run, name="replay", daemon=True).start()
 

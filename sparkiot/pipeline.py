@@ -202,7 +202,7 @@ class LiveView:
         self.enabled = enabled
         self.tty = sys.stdout.isatty()
         self._last_line = 0.0
-        self._last_readings = 0
+        self._last_readings: int | None = None
         self._last_time = time.monotonic()
 
     def render(self, output_rows: dict[str, int], batches: dict[str, int]) -> None:
@@ -213,7 +213,8 @@ class LiveView:
             return
         counters = read_counters(self.data_dir)
         readings = counters.get("readings", 0)
-        rate = (readings - self._last_readings) / max(now - self._last_time, 1e-9)
+        # The first line has no earlier count to compare with, since readings may land before Spark starts.
+        rate = 0.0 if self._last_readings is None else (readings - self._last_readings) / max(now - self._last_time, 1e-9)
         self._last_readings, self._last_time, self._last_line = readings, now, now
         line = (
             f"readings/s {rate:7.0f} | landed {readings:8d} | stored {output_rows.get('readings', 0):8d} "

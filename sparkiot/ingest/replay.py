@@ -17,6 +17,7 @@ Each message carries up to ``batch`` rows of one device as a JSON array of objec
 ``sensors/{site}/{device_id}``. Rows go out in event-time order across all series, each at
 ``first_wall + (ts - first_ts) / speed``; ``speed=0`` sends as fast as the broker accepts. A
 message goes out when it holds ``batch`` rows or its first row has waited ``linger`` seconds.
+With ``stop_at_present`` the replay ends instead of sending a row dated after the wall clock.
 """
 
 from __future__ import annotations
@@ -180,6 +181,7 @@ class Replayer:
         protocol: str = "5",
         limit: int | None = None,
         linger: float = 0.1,
+        stop_at_present: bool = False,
     ) -> None:
         if speed < 0:
             raise ValueError(f"speed {speed} must be 0 (as fast as possible) or positive")
@@ -192,6 +194,7 @@ class Replayer:
         self.protocol = protocol
         self.limit = limit
         self.linger = linger
+        self.stop_at_present = stop_at_present
         self.published_rows = 0
         self.published_messages = 0
         self._stop = threading.Event()
@@ -238,6 +241,11 @@ class Replayer:
                     now_ts = ts[0] + (now_wall - first_wall) * self.speed * 1e6
                 else:
                     now_ts = float("inf")
+                if self.stop_at_present:
+                    now_ts = min(now_ts, time.time_ns() // 1000)
+                    if ts[position] > now_ts and (self.speed == 0 or ts[0] + (now_wall - first_wall) * self.speed * 1e6 > now_ts):
+                        log.info("replay reached the present; the remaining rows would be dated in the future")
+                        break
                 collected = 0
                 while position < len(ts) and ts[position] <= now_ts and collected < self.batch * 50:
                     series_index = int(which[position])
