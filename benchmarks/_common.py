@@ -119,7 +119,7 @@ def _command_version(command: list[str], pattern: str) -> str:
 
 
 def machine_info() -> dict:
-    """CPU model, cores, RAM, OS and the versions of the software on the measured path."""
+    """Return the CPU model, cores, RAM, OS and the versions of the software on the measured path."""
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -205,7 +205,7 @@ def write_json(path: str | None, document: dict) -> None:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) by linear interpolation, or None for no values."""
+    """Return the ``q``-th percentile (0-100) by linear interpolation, or None for no values."""
     if not values:
         return None
     ordered = sorted(values)
@@ -216,7 +216,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def _tree_cpu_seconds() -> float:
-    """CPU seconds of this process and every descendant, living or already waited for."""
+    """Return the CPU seconds of this process and every descendant, living or already waited for."""
     import psutil
 
     me = psutil.Process()
@@ -253,7 +253,7 @@ class CpuAccount:
         self._own = _tree_cpu_seconds()
 
     def read(self) -> dict:
-        """``{"seconds", "own_cpu_pct", "other_cpu_pct"}`` since the last reset (100% = one core)."""
+        """Return ``{"seconds", "own_cpu_pct", "other_cpu_pct"}`` since the last reset (100% = one core)."""
         wall = max(time.monotonic() - self._wall, 1e-9)
         busy = _busy_seconds() - self._busy
         own = _tree_cpu_seconds() - self._own
@@ -285,5 +285,5 @@ def wait_for_quiet(max_wait: float, *, threshold_pct: float = 25.0) -> dict:
 
 
 def python() -> str:
-    """The interpreter running this script; children use the same one."""
+    """Return the interpreter running this script, which the child processes use too."""
     return sys.executable
