@@ -81,6 +81,7 @@ import re
 from typing import TYPE_CHECKING
 
 
+from sparkiot.codecs.common import Reject, TopicPattern
 from sparkiot.codecs.timestamps import epoch_to_us
 from sparkiot.config import InfluxSettings
 from sparkiot.readings import MARK_RECEIVE_TIME, DeadLetter, Reading, Reason, derive_msg_id
@@ -141,7 +142,7 @@ class InfluxCodec:
         self.config = config
         self.settings = settings or InfluxSettings()
         self.dead_letter_raw_bytes = dead_letter_raw_bytes
-        self._pattern = config.topic_pattern.split("/") if config.topic_pattern else None
+        self._topic = TopicPattern(config.topic_pattern)
         self._min_us = max(int(config.min_timestamp.timestamp()) * 1_000_000, _INT64_MIN)
         self._max_future_us = int(config.max_future * 1_000_000)
         self._metric = self.settings.metric_template.format
@@ -282,23 +283,10 @@ class InfluxCodec:
 
     def _topic_fields(self, topic: str) -> dict[str, str] | str:
         """Return the named topic segments, or the message of a mismatch."""
-        pattern = self._pattern
-        if pattern is None:
-            return {}
-        segments = topic.split("/")
-        if len(segments) != len(pattern):
-            return (
-                f"topic {topic!r} has {len(segments)} segments but codec.topic_pattern "
-                f"{self.config.topic_pattern!r} has {len(pattern)}"
-            )
-        fields = {}
-        for name, segment in zip(pattern, segments):
-            if name.startswith("{"):
-                if name != "{_}":
-                    fields[name[1:-1]] = segment
-            elif name != segment:
-                return f"topic {topic!r} does not match codec.topic_pattern {self.config.topic_pattern!r} at {segment!r}"
-        return fields
+        try:
+            return self._topic.fields(topic)
+        except Reject as reject:
+            return reject.detail
 
     def _line_rejected(
         self,

@@ -27,6 +27,8 @@ import json
 import math
 from typing import NamedTuple
 
+from sparkiot.codecs.common import Reject as _Reject
+from sparkiot.codecs.common import TopicPattern
 from sparkiot.codecs.timestamps import TimestampError, to_us
 from sparkiot.config import CodecConfig
 from sparkiot.readings import MARK_RECEIVE_TIME, DeadLetter, Reading, Reason, derive_msg_id
@@ -48,20 +50,13 @@ class _NonFinite:
         self.text = text
 
 
-class _Reject(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
 class JsonCodec:
     """Decode JSON payloads into readings according to a :class:`CodecConfig`."""
 
     def __init__(self, config: CodecConfig, *, dead_letter_raw_bytes: int = 4096) -> None:
         self.config = config
         self.dead_letter_raw_bytes = dead_letter_raw_bytes
-        self._pattern = config.topic_pattern.split("/") if config.topic_pattern else None
+        self._topic = TopicPattern(config.topic_pattern)
         self._min_us = int(config.min_timestamp.timestamp()) * 1_000_000
         self._max_future_us = int(config.max_future * 1_000_000)
         # A dotted field name such as "device.id" reserves its whole top-level object.
@@ -78,7 +73,7 @@ class JsonCodec:
         """Decode one payload received on ``topic`` at ``received_us`` (UTC microseconds)."""
         try:
             document = self._select_root(self._parse(payload))
-            topic_fields = self._topic_fields(topic)
+            topic_fields = self._topic.fields(topic)
         except _Reject as reject:
             return Decoded([], [self._dead_letter(payload, topic, reject, received_us)])
 
@@ -119,30 +114,6 @@ class JsonCodec:
                 raise _Reject(Reason.MISSING_FIELD, f"codec.root_path {self.config.root_path!r} not found in the payload")
             document = document[part]
         return document
-
-    def _topic_fields(self, topic: str) -> dict[str, str]:
-        if self._pattern is None:
-            return {}
-        segments = topic.split("/")
-        if len(segments) != len(self._pattern):
-            raise _Reject(
-                Reason.TOPIC_MISMATCH,
-                f"topic {topic!r} has {len(segments)} segments but codec.topic_pattern "
-                f"{self.config.topic_pattern!r} has {len(self._pattern)}",
-            )
-        fields: dict[str, str] = {}
-        for name, segment in zip(self._pattern, segments):
-            if name.startswith("{"):
-                if name != "{_}":
-                    if not segment:
-                        raise _Reject(Reason.TOPIC_MISMATCH, f"topic {topic!r} has an empty segment for {name}")
-                    fields[name[1:-1]] = segment
-            elif name != segment:
-                raise _Reject(
-                    Reason.TOPIC_MISMATCH,
-                    f"topic {topic!r} does not match codec.topic_pattern {self.config.topic_pattern!r} at {segment!r}",
-                )
-        return fields
 
     def _decode_element(
         self,

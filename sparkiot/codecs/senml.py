@@ -98,6 +98,8 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Literal
 
 
+from sparkiot.codecs.common import Reject as _Reject
+from sparkiot.codecs.common import TopicPattern
 from sparkiot.codecs.json import Decoded
 from sparkiot.config import SenmlSettings, SENML_SEPARATORS
 from sparkiot.readings import MARK_RECEIVE_TIME, DeadLetter, Reading, Reason, derive_msg_id
@@ -120,12 +122,6 @@ _CBOR_SCAN_BYTES = 4096
 _CBOR_MAX_MAP = 64
 _ABSENT = object()
 
-
-class _Reject(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class _Base:
@@ -159,8 +155,8 @@ class SenmlCodec:
         self.settings = settings or SenmlSettings()
         self.encoding = encoding
         self.dead_letter_raw_bytes = dead_letter_raw_bytes
-        self._pattern = config.topic_pattern.split("/") if config.topic_pattern else None
-        if self.settings.device_id_from == "topic" and "{device_id}" not in (self._pattern or []):
+        self._topic = TopicPattern(config.topic_pattern)
+        if self.settings.device_id_from == "topic" and "device_id" not in self._topic.names():
             raise ValueError(
                 "senml.device_id_from is 'topic' but codec.topic_pattern names no {device_id} segment; "
                 "add one, such as 'sensors/{device_id}', or use device_id_from: base_name"
@@ -173,7 +169,7 @@ class SenmlCodec:
         """Decode one pack received on ``topic`` at ``received_us`` (UTC microseconds)."""
         try:
             pack = self._parse(payload)
-            topic_fields = self._topic_fields(topic)
+            topic_fields = self._topic.fields(topic)
             _check_pack(pack, self.encoding)
         except _Reject as reject:
             return Decoded([], [self._dead_letter(payload, topic, reject, received_us)])
@@ -233,28 +229,6 @@ class SenmlCodec:
                 f"invalid CBOR: {len(payload) - stream.tell()} bytes follow the pack; send exactly one CBOR array",
             )
         return document
-
-    def _topic_fields(self, topic: str) -> dict[str, str]:
-        if self._pattern is None:
-            return {}
-        segments = topic.split("/")
-        if len(segments) != len(self._pattern):
-            raise _Reject(
-                Reason.TOPIC_MISMATCH,
-                f"topic {topic!r} has {len(segments)} segments but codec.topic_pattern "
-                f"{self.config.topic_pattern!r} has {len(self._pattern)}",
-            )
-        fields: dict[str, str] = {}
-        for name, segment in zip(self._pattern, segments):
-            if name.startswith("{"):
-                if name != "{_}":
-                    fields[name[1:-1]] = segment
-            elif name != segment:
-                raise _Reject(
-                    Reason.TOPIC_MISMATCH,
-                    f"topic {topic!r} does not match codec.topic_pattern {self.config.topic_pattern!r} at {segment!r}",
-                )
-        return fields
 
     # Records
 

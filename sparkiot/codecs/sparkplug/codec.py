@@ -78,6 +78,7 @@ from typing import NamedTuple
 from sparkiot.codecs.json import Decoded
 from sparkiot.codecs.sparkplug import sparkplug_b_pb2 as pb
 from sparkiot.config import CodecConfig
+from sparkiot.codecs.common import Reject as _Reject
 from sparkiot.readings import MARK_RECEIVE_TIME, DeadLetter, Reading, Reason, derive_msg_id
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,6 @@ def rebirth_request(group: str, edge_node: str, timestamp_ms: int) -> tuple[str,
     payload.metrics.add(name=REBIRTH_METRIC, timestamp=timestamp_ms, datatype=pb.Boolean, boolean_value=True)
     return f"{NAMESPACE}/{group}/NCMD/{edge_node}", payload.SerializeToString()
 
-
-class _Reject(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class _MetricTable:
