@@ -7,13 +7,14 @@ Queries, each with its own checkpoint under ``DATA_DIR/checkpoints``:
 * ``windows``: the same deduplication, then event-time tumbling and sliding windows per
   (device_id, metric) with count, mean, min, max, stddev and approximate p50/p95, written to
   ``tables/windows`` once the watermark passes the window's end (append mode);
-* ``late``, ``dead_letters``, ``alerts``: copy their landing logs to tables of the same name;
-* ``events`` (only when a route uses Sparkplug): device births and deaths to ``tables/events``,
-  and each device's status (``alive`` or ``stale``) to the state store.
+and, in a thread of this process rather than in Spark (see :mod:`sparkiot.stream.side_tables`),
+copies of the ``late``, ``dead_letters``, ``alerts`` and ``events`` logs to tables of the same
+name, with each device's status (``alive`` or ``stale``, from Sparkplug births and deaths) in
+the state store.
 
-Exactly-once: every table is partitioned by ``date`` and ``batch_id`` and written with dynamic
-partition overwrite, so a micro-batch replayed after a crash replaces its own files instead of
-adding to them; the state store update is idempotent. Spark's checkpoint records each batch's
+Exactly-once: the readings and windows tables are partitioned by ``date`` and ``batch_id`` and
+written with dynamic partition overwrite, so a micro-batch replayed after a crash replaces its
+own files instead of adding to them; the state store update is idempotent. Spark's checkpoint records each batch's
 offsets before the batch runs, so a replay reads the same records.
 
 NOTE: a window is written only when the watermark (largest event time minus ``watermark``)
@@ -29,6 +30,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
@@ -36,11 +38,11 @@ from pyspark.sql.streaming import StreamingQueryListener
 from sparkiot.config import PipelineConfig, WindowConfig
 from sparkiot.ingest.consumer import landing_dir
 from sparkiot.state.sqlite import LatestValueStore
+from sparkiot.stream.side_tables import SideTable, SideTableCopier
 from sparkiot.stream.source import SOURCE_NAME, LandingSource
 
 log = logging.getLogger(__name__)
 
-TABLES = ("readings", "windows", "late", "dead_letters", "alerts", "events")
 # The event-time column that dates each table's partitions.
 _DATE_COLUMN = {"readings": "ts", "late": "ts", "dead_letters": "received_ts", "alerts": "ts", "events": "ts"}
 
@@ -114,6 +116,7 @@ class StreamingJob:
         self._counter_lock = threading.Lock()
         self.progress = ProgressTotals()
         self._definitions: dict[str, tuple] = {}
+        self._side: SideTableCopier | None = None
         self.restarts: dict[str, int] = {}
         spark.streams.addListener(self.progress)
         spark.dataSource.register(LandingSource)
@@ -163,14 +166,22 @@ class StreamingJob:
         spark_config = self.config.spark
         self._start(self._deduplicated("readings"), "readings", self._write_readings, spark_config.trigger)
         self._start(self.window_frame(), "windows", self._write_windows, spark_config.trigger)
-        for name in ("late", "dead_letters", "alerts"):
-            self._start(self._read(name, name), name, self._copier(name), spark_config.side_trigger)
-        if self._uses_events():
-            self._start(self._read("events", "events"), "events", self._write_events, spark_config.side_trigger)
-
-    def _uses_events(self) -> bool:
-        codec = self.config.codec
-        return codec.format == "sparkplug" or any(route.format == "sparkplug" for route in codec.routes)
+        self._side = SideTableCopier(
+            [
+                SideTable(
+                    name=name,
+                    log_dir=landing_dir(self.config, name),
+                    table_dir=table_path(self.config, name),
+                    checkpoint=self.config.data_path / "checkpoints" / f"{name}.json",
+                    date_column=_DATE_COLUMN[name],
+                    on_batch=self._store_statuses if name == "events" else None,
+                )
+                for name in ("late", "dead_letters", "alerts", "events")
+            ],
+            interval=spark_config.side_trigger,
+            on_copied=self._count,
+        )
+        self._side.start()
 
     def window_frame(self) -> DataFrame:
         """Return the streaming aggregation of every configured window over deduplicated readings."""
@@ -241,34 +252,19 @@ class StreamingJob:
         write_batch(flat, table_path(self.config, "windows"), batch_id, "window_start")
         return count
 
-    def _write_events(self, df: DataFrame, batch_id: int) -> int:
-        count = df.count()
-        if count == 0:
-            return 0
-        write_batch(df, table_path(self.config, "events"), batch_id, "ts")
+    def _store_statuses(self, events: pa.Table) -> None:
+        """Mark each device ``stale`` from its DEATH and ``alive`` from its BIRTH in the state store."""
         now_us = time.time_ns() // 1000
         rows = [
-            (row.device_id, "stale" if row.event == "death" else "alive", _to_us(row.ts), json.dumps(list(row.metrics)), now_us)
-            for row in df.select("device_id", "event", "ts", "metrics").orderBy("ts").collect()
+            (event["device_id"], "stale" if event["event"] == "death" else "alive",
+             _to_us(event["ts"]), json.dumps(list(event["metrics"])), now_us)
+            for event in sorted(events.to_pylist(), key=lambda event: event["ts"])
         ]
         store = LatestValueStore(self.config.state_path)
         try:
             store.set_status(rows)
         finally:
             store.close()
-        return count
-
-    def _copier(self, name: str):
-        path = table_path(self.config, name)
-        date_column = _DATE_COLUMN[name]
-
-        def copy(df: DataFrame, batch_id: int) -> int:
-            count = df.count()
-            if count:
-                write_batch(df, path, batch_id, date_column)
-            return count
-
-        return copy
 
     def process_all_available(self) -> list[str]:
         """Block until every query has processed everything landed so far; return the errors of failed queries.
@@ -286,6 +282,8 @@ class StreamingJob:
         waiters = [threading.Thread(target=wait, args=(query,)) for query in self.queries]
         for waiter in waiters:
             waiter.start()
+        if self._side is not None:
+            errors.extend(self._side.step_all())
         for waiter in waiters:
             waiter.join()
         return errors
@@ -313,7 +311,9 @@ class StreamingJob:
         return None
 
     def stop(self) -> None:
-        """Stop every query and detach the progress listener."""
+        """Stop every query and the side table copier, and detach the progress listener."""
+        if self._side is not None:
+            self._side.stop()
         try:
             self.spark.streams.removeListener(self.progress)
         except Exception:  # noqa: BLE001 - the session may already be stopping
