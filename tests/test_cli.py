@@ -150,3 +150,38 @@ def test_replay_rejects_bad_flags(tmp_path, flags, message):
 
     assert result.returncode == 2
     assert message in result.stderr.decode()
+
+
+def _sparkplug_birth() -> bytes:
+    from sparkiot.codecs.sparkplug import sparkplug_b_pb2 as pb
+
+    payload = pb.Payload(timestamp=1714564800000, seq=0)
+    payload.metrics.add(name="Motor/RPM", datatype=pb.Double, double_value=1500.0, timestamp=1714564800000)
+    return payload.SerializeToString()
+
+
+def _senml_cbor() -> bytes:
+    import cbor2
+
+    return cbor2.dumps([{-2: "dev-1/", 0: "temp", 2: 21.5, 6: 1714564800}])
+
+
+@pytest.mark.parametrize(
+    ("format_name", "topic", "payload", "expected"),
+    [
+        ("influx", "telegraf", b"env,host=gw temp=21.5 1714564800000000000", ("gw", "env.temp", 21.5)),
+        ("senml", "senml", b'[{"bn": "dev-1/", "n": "temp", "v": 21.5, "t": 1714564800}]', ("dev-1", "temp", 21.5)),
+        ("senml-cbor", "senml", None, ("dev-1", "temp", 21.5)),
+        ("sparkplug", "spBv1.0/plant/NBIRTH/node-1", None, ("plant/node-1", "Motor/RPM", 1500.0)),
+    ],
+)
+def test_decode_every_format(format_name, topic, payload, expected):
+    if payload is None:
+        payload = _senml_cbor() if format_name == "senml-cbor" else _sparkplug_birth()
+
+    result = sparkiot("decode", "--format", format_name, "--topic", topic, stdin=payload)
+
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    line = json.loads(result.stdout.decode().splitlines()[0])
+    assert (line["device_id"], line["metric"], line["value"]) == expected
+    assert line["ts"] == "2024-05-01T12:00:00Z"
