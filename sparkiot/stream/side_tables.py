@@ -109,8 +109,8 @@ class SideTableCopier:
             for table in self.tables:
                 try:
                     copied = table.step()
-                except (OSError, pa.ArrowException) as exc:
-                    errors.append(f"copying landing log {table.name} to its table failed: {exc}")
+                except Exception as exc:  # noqa: BLE001 - reported, and the copy is retried next step
+                    errors.append(f"copying landing log {table.name} to its table failed: {type(exc).__name__}: {exc}")
                     continue
                 self.on_copied(table.name, copied)
         return errors
