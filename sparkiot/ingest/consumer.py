@@ -232,8 +232,12 @@ class Ingest:
             size += len(message.payload)
         self.land(messages)
 
-    def land(self, messages: list[mqtt.MQTTMessage]) -> None:
-        """Decode, classify and durably append ``messages``, then acknowledge them in order."""
+    def land(self, messages: list[mqtt.MQTTMessage], *, check_text: bool = False) -> None:
+        """Decode, classify and durably append ``messages``, then acknowledge them in order.
+
+        With ``check_text``, each reading's text fields are checked before anything else sees it;
+        that slower pass runs only when a batch failed to convert to Arrow.
+        """
         received_us = time.time_ns() // 1000
         on_time: list[Reading] = []
         late: list[Reading] = []
@@ -249,6 +253,8 @@ class Ingest:
             decoded = self._decode(message, received_us)
             dead.extend(decoded.dead_letters)
             for reading in decoded.readings:
+                if check_text and not self._storable(reading, dead):
+                    continue
                 if message.retain:
                     reading = reading._replace(marks=(*reading.marks, MARK_RETAINED))
                 watermark_us = max_event_us - self._delay_us
@@ -269,14 +275,21 @@ class Ingest:
                         )
 
         try:
-            batch = readings_to_batch(on_time)
+            batches = (
+                readings_to_batch(on_time), late_to_batch(late, late_marks),
+                dead_letters_to_batch(dead), alerts_to_batch(alerts),
+            )
         except (UnicodeEncodeError, pa.ArrowException):
-            on_time = self._drop_unstorable(on_time, dead)
-            batch = readings_to_batch(on_time)
-        self.logs["readings"].append(batch, max_event_us=max_event_us)
-        self.logs["late"].append(late_to_batch(late, late_marks))
-        self.logs["dead_letters"].append(dead_letters_to_batch(dead))
-        self.logs["alerts"].append(alerts_to_batch(alerts))
+            if check_text:
+                raise
+            # Nothing was written yet. The detector has learned these readings once already,
+            # which the second pass repeats; a rare case, left as is.
+            self.land(messages, check_text=True)
+            return
+        self.logs["readings"].append(batches[0], max_event_us=max_event_us)
+        self.logs["late"].append(batches[1])
+        self.logs["dead_letters"].append(batches[2])
+        self.logs["alerts"].append(batches[3])
         events = self.codec.take_events()
         if events:
             self.logs["events"].append(events_to_batch(events))
@@ -304,19 +317,16 @@ class Ingest:
             return Decoded([], [letter])
 
     @staticmethod
-    def _drop_unstorable(readings: list[Reading], dead: list[DeadLetter]) -> list[Reading]:
-        """Keep the readings whose text fields can be stored; the others become dead letters."""
-        kept = []
-        for reading in readings:
-            try:
-                readings_to_batch([reading])
-            except (UnicodeEncodeError, pa.ArrowException) as exc:
-                raw = repr(reading).encode("utf-8", "backslashreplace")
-                dead.append(DeadLetter(raw[:4096], len(raw), reading.source, Reason.INVALID_FIELD.value,
-                                       f"a text field cannot be stored: {exc}"[:500], reading.ingest_us))
-                continue
-            kept.append(reading)
-        return kept
+    def _storable(reading: Reading, dead: list[DeadLetter]) -> bool:
+        """Return True when the reading's text can be stored; otherwise add its dead letter."""
+        try:
+            readings_to_batch([reading])
+        except (UnicodeEncodeError, pa.ArrowException) as exc:
+            raw = repr(reading).encode("utf-8", "backslashreplace")
+            dead.append(DeadLetter(raw[:4096], len(raw), reading.source, Reason.INVALID_FIELD.value,
+                                   f"a text field cannot be stored: {exc}"[:500], reading.ingest_us))
+            return False
+        return True
 
     def _retained_dead_letter(self, message: mqtt.MQTTMessage, received_us: int) -> DeadLetter:
         limit = self.config.landing.dead_letter_raw_bytes
