@@ -127,7 +127,8 @@ def main() -> None:
     def measure(name: str, codec_name: str, payloads: list[bytes], topic: str, raw_name: str, raw) -> None:
         codec = build_codec(codec_name, config)
         check = codec.decode(payloads[0], topic, received_us)
-        assert len(check.readings) == args.readings and not check.dead_letters, (name, check.dead_letters[:1])
+        assert len(check.readings) == args.readings, (name, len(check.readings))
+        assert not check.dead_letters, (name, check.dead_letters[:1])
         codec_rate = best_rate(lambda payload: codec.decode(payload, topic, received_us), payloads, total, args.repeat)
         raw_rate = best_rate(raw, payloads, total, args.repeat)
         rows.append({"format": name, "codec_readings_per_s": round(codec_rate), "raw_parser": raw_name,
@@ -153,7 +154,8 @@ def main() -> None:
     codec.decode(birth, "spBv1.0/plant/NBIRTH/node-1", received_us)
     topic = "spBv1.0/plant/NDATA/node-1"
     check = codec.decode(data[0], topic, received_us)
-    assert len(check.readings) == args.readings and not check.dead_letters, check.dead_letters[:1]
+    assert len(check.readings) == args.readings, len(check.readings)
+    assert not check.dead_letters, check.dead_letters[:1]
     codec_rate = best_rate(lambda payload: codec.decode(payload, topic, received_us), data, total, args.repeat)
     raw_rate = best_rate(pb.Payload.FromString, data, total, args.repeat)
     rows.append({"format": "sparkplug", "codec_readings_per_s": round(codec_rate), "raw_parser": "Payload.FromString",

@@ -103,7 +103,7 @@ def cmd_demo(args) -> int:
             print(f"removing the results of the previous demo in {data_dir}")
             shutil.rmtree(data_dir)
         else:
-            print(f"error: {data_dir} holds other data; give the demo an empty or new --data-dir", file=sys.stderr)
+            print(f"error: {data_dir} contains other data; give the demo an empty or new --data-dir", file=sys.stderr)
             return 2
     series = demo_series()
     duration = args.duration

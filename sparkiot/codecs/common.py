@@ -18,8 +18,8 @@ class TopicPattern:
     """Names topic segments by a pattern such as ``sensors/{site}/{device_id}/{metric}``.
 
     A placeholder fills one whole segment; ``{_}`` matches any segment and names nothing. A
-    topic with another number of segments, another literal segment, or an empty segment where a
-    placeholder stands raises :class:`Reject` with ``topic_mismatch``.
+    topic with another number of segments, another literal segment, or an empty segment in a
+    placeholder's place raises :class:`Reject` with ``topic_mismatch``.
 
     >>> TopicPattern("sensors/{site}/{device_id}").fields("sensors/roof/d1")
     {'site': 'roof', 'device_id': 'd1'}

@@ -157,7 +157,7 @@ class Ingest:
         if failures:
             log.error("MQTT broker %s rejected the subscription to %s: %s", self.broker_url, self.config.source.topics, failures)
             return
-        # The main loop writes the counters file within a second, which tells the pipeline to start publishing.
+        # The main loop writes the counters file within a second, which signals the pipeline to start publishing.
         self.counters.subscribed = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

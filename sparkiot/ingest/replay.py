@@ -242,10 +242,13 @@ class Replayer:
                 else:
                     now_ts = float("inf")
                 if self.stop_at_present:
-                    now_ts = min(now_ts, time.time_ns() // 1000)
-                    if ts[position] > now_ts and (self.speed == 0 or ts[0] + (now_wall - first_wall) * self.speed * 1e6 > now_ts):
+                    wall_us = time.time_ns() // 1000
+                    # The next row is due (now_ts passed it) but dated after the wall clock.
+                    if ts[position] > wall_us and now_ts > wall_us:
                         log.info("replay reached the present; the remaining rows would be dated in the future")
                         break
+                    now_ts = min(now_ts, wall_us)
+
                 collected = 0
                 while position < len(ts) and ts[position] <= now_ts and collected < self.batch * 50:
                     series_index = int(which[position])

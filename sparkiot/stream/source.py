@@ -7,7 +7,7 @@ committed. :meth:`LandingStreamReader.commit` stores the committed offset in the
 ``consumers/`` folder, which retention respects.
 
 Options: ``path`` (the landing log directory, required), ``log`` (``readings``, ``late``,
-``dead_letters`` or ``alerts``; it selects the schema), ``consumer`` (the name under which
+``dead_letters``, ``alerts`` or ``events``, which selects the schema), ``consumer`` (the name under which
 commits are recorded) and ``maxRecordsPerTrigger`` (admission control for a large backlog).
 """
 
