@@ -218,7 +218,7 @@ class SenmlSettings(_Section):
         return value
 
 
-CodecFormat = Literal["json", "senml", "senml-cbor", "influx", "sparkplug"]
+CodecFormat = Literal["json", "senml", "senml-cbor", "influx", "sparkplug", "edge"]
 
 
 class RouteConfig(_Section):
@@ -430,47 +430,58 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def read_yaml_mapping(path: str | Path, *, what: str = "pipeline file") -> dict:
+    """Read a YAML file that must hold a mapping; raise :class:`ConfigError` naming the problem."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a directory; give the path of a {what} (YAML)") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; a {what} is YAML") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests too deeply to be a {what}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {str(exc)[:500]}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must contain a mapping of sections, not {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path, **overrides: object) -> PipelineConfig:
     """Read and validate a pipeline file; ``overrides`` replace top-level keys.
 
     Raises :class:`ConfigError` with one line per problem: the field path, the bad value and
     what to write instead.
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"pipeline file not found: {path}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory; give the path of a pipeline YAML file") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; a pipeline file is YAML") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read pipeline file {path}: {exc.strerror}") from None
-    except RecursionError:
-        raise ConfigError(f"{path} nests too deeply to be a pipeline file") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {str(exc)[:500]}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must contain a mapping of sections (source, codec, windows, ...), not {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     raw.update({key: value for key, value in overrides.items() if value is not None})
     return build_config(raw, origin=str(path))
 
 
-def build_config(raw: dict, origin: str = "configuration") -> PipelineConfig:
-    """Validate a configuration mapping, raising :class:`ConfigError` with readable lines."""
+def validate_model(model: type[BaseModel], raw: dict, *, origin: str, what: str, example: str):
+    """Validate ``raw`` as ``model``, raising :class:`ConfigError` with one readable line per problem."""
     try:
-        return PipelineConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
             where = ".".join(str(part) for part in error["loc"]) or "(top level)"
             message = error["msg"].removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
-                message = "unknown option: check the spelling against examples/pipeline.yaml"
+                message = f"unknown option: check the spelling against {example}"
             value = error.get("input")
             shown = "" if isinstance(value, dict) else f" (got {_shorten(repr(value))})"
             lines.append(f"  {where}: {message}{shown}")
-        raise ConfigError(f"invalid pipeline in {origin}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid {what} in {origin}:\n" + "\n".join(lines)) from None
+
+
+def build_config(raw: dict, origin: str = "configuration") -> PipelineConfig:
+    """Validate a configuration mapping, raising :class:`ConfigError` with readable lines."""
+    return validate_model(PipelineConfig, raw, origin=origin, what="pipeline", example="examples/pipeline.yaml")
