@@ -6,7 +6,7 @@ from sparkiot.codecs.json import Decoded, JsonCodec
 from sparkiot.codecs.router import CodecRouter, topic_matches
 from sparkiot.config import CodecConfig
 
-FORMATS = ("json", "senml", "senml-cbor", "influx", "sparkplug")
+FORMATS = ("json", "senml", "senml-cbor", "influx", "sparkplug", "edge")
 
 
 def build_codec(format_name: str, config: CodecConfig, *, dead_letter_raw_bytes: int = 4096):
@@ -29,6 +29,10 @@ def build_codec(format_name: str, config: CodecConfig, *, dead_letter_raw_bytes:
         return SparkplugCodec(
             config, dead_letter_raw_bytes=dead_letter_raw_bytes, rebirth_interval=config.sparkplug_rebirth_interval
         )
+    if format_name == "edge":
+        from sparkiot.codecs.forwarded import ForwardedCodec
+
+        return ForwardedCodec(config, dead_letter_raw_bytes=dead_letter_raw_bytes)
     raise ValueError(f"unknown codec format {format_name!r}; supported: {', '.join(FORMATS)}")
 
 
