@@ -1,4 +1,4 @@
-"""The ``sparkiot`` command: demo, run, ingest, replay and decode."""
+"""The ``sparkiot`` command: demo, run, ingest, replay and decode; the edge commands are in ``cli_edge``."""
 
 from __future__ import annotations
 
@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("--topic-pattern", help="names topic segments, such as sensors/{site}/{device_id}/{metric}")
     decode.add_argument("--config", help="pipeline file whose codec settings to use")
     decode.set_defaults(handler=cmd_decode)
+
+    from sparkiot.cli_edge import add_edge_commands
+
+    add_edge_commands(commands)
     return parser
 
 

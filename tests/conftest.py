@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Mosquitto broker, one local SparkSession, real data sets."""
+"""Shared fixtures: the real Mosquitto broker and Redis server, one local SparkSession, real data sets."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from sparkiot.config import SparkConfig
 
 MOSQUITTO_URL = os.environ.get("SPARKIOT_TEST_BROKER", "mqtt://127.0.0.1:1883")
+REDIS_URL = os.environ.get("SPARKIOT_TEST_REDIS", "redis://127.0.0.1:6379/0")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +51,22 @@ def mosquitto() -> str:
             "'mosquitto -d -c /etc/mosquitto/mosquitto.conf' (.ci/run does this)"
         )
     return MOSQUITTO_URL
+
+
+@pytest.fixture
+def redis_store(unique):
+    """A Redis CRDT store under a namespace of its own; fails with the start command when Redis is down."""
+    from sparkiot.state.redis_store import RedisCrdtStore
+
+    try:
+        store = RedisCrdtStore(REDIS_URL, namespace=f"sparkiot-test-{unique}")
+    except ConnectionError as exc:
+        pytest.fail(
+            f"{exc}; start Redis with 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save \"\"' (.ci/run does this)"
+        )
+    yield store
+    store.clear()
+    store.close()
 
 
 @pytest.fixture(scope="session")

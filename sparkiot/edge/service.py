@@ -1,0 +1,195 @@
+"""The cloud sync service: merges edge agents' delta groups into a state store and acknowledges them.
+
+It subscribes to ``PREFIX/+/delta`` and ``PREFIX/+/hello`` at QoS 1 with a persistent session,
+so groups sent while it is down wait in the broker. A message is acknowledged to the broker
+(manual ack) only after its groups are committed to the store; the edge agent is acknowledged
+afterwards with the site's version vector (see :mod:`sparkiot.edge.protocol`).
+
+Messages are taken in batches: all groups of one replica in a batch are merged with one store
+transaction. A message that breaks the protocol, or whose state does not decode, is kept as a
+sync dead letter with a reason code (``invalid_sync_message``, ``invalid_crdt``,
+``crdt_type_conflict``, ``wrong_topic``), counted, and acknowledged, so it never blocks the
+others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections import Counter, defaultdict
+
+import paho.mqtt.client as mqtt
+
+from sparkiot.edge import protocol
+from sparkiot.edge.crdt import CrdtDecodeError, CrdtMap
+from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
+from sparkiot.state.crdt_store import CrdtStore, DecodedGroup
+
+log = logging.getLogger(__name__)
+
+
+class SyncService:
+    """Run the sync service against ``broker_url`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        store: CrdtStore,
+        broker_url: str,
+        *,
+        topic_prefix: str = "sparkiot/sync",
+        client_id: str = "sparkiot-sync-service",
+        protocol_version: str = "5",
+        batch_max_messages: int = 1000,
+    ) -> None:
+        self.store = store
+        self.broker_url = broker_url
+        self.prefix = topic_prefix
+        self.client_id = client_id
+        self.protocol_version = protocol_version
+        self.batch_max_messages = batch_max_messages
+        self.counters: Counter[str] = Counter()
+        self.subscribed = threading.Event()
+        self._messages: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._client: mqtt.Client | None = None
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s refused the sync service: %s", self.broker_url, reason_code)
+            return
+        log.info("sync service connected to %s; subscribing to %s/+/delta and /hello", self.broker_url, self.prefix)
+        client.subscribe([(protocol.topic(self.prefix, "+", "delta"), 1), (protocol.topic(self.prefix, "+", "hello"), 1)])
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if not any(code.is_failure for code in reason_codes):
+            self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.subscribed.clear()
+        if not self._stop.is_set():
+            self.counters["disconnects"] += 1
+            log.warning("sync service lost %s (%s); reconnecting", self.broker_url, reason_code)
+
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._messages.put(message)
+
+    def run(self) -> None:
+        host, port = parse_broker_url(self.broker_url)
+        client = new_client(self.client_id, protocol=self.protocol_version, persistent=True)
+        client.manual_ack_set(True)
+        client.max_inflight_messages_set(1000)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        self._client = client
+        properties = connect_properties(self.protocol_version, session_expiry=86400)
+        if self.protocol_version == "5":
+            client.connect_async(host, port, keepalive=30, clean_start=False, properties=properties)
+        else:
+            client.connect_async(host, port, keepalive=30)
+        client.loop_start()
+        try:
+            while not self._stop.is_set():
+                self._process_waiting()
+        finally:
+            client.disconnect()
+            client.loop_stop()
+            log.info("sync service stopped after %d messages", self.counters["messages"])
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _process_waiting(self) -> None:
+        try:
+            first = self._messages.get(timeout=0.2)
+        except queue.Empty:
+            return
+        batch = [first]
+        while len(batch) < self.batch_max_messages:
+            try:
+                batch.append(self._messages.get_nowait())
+            except queue.Empty:
+                break
+        self.process(batch)
+
+    def process(self, messages: list[mqtt.MQTTMessage]) -> None:
+        """Merge a batch, acknowledge it to the broker, then answer each site's agent."""
+        groups: dict[tuple[str, str], list[DecodedGroup]] = defaultdict(list)
+        hellos: dict[tuple[str, str], int] = {}
+        for message in messages:
+            self.counters["messages"] += 1
+            try:
+                site, kind = protocol.site_and_kind(self.prefix, message.topic)
+                if kind == "delta":
+                    replica, received = protocol.decode_delta(message.payload)
+                    decoded = [DecodedGroup(g.from_seq, g.to_seq, _decode_map(g.data)) for g in received]
+                    groups[(site, replica)].extend(decoded)
+                    self.counters["groups"] += len(decoded)
+                elif kind == "hello":
+                    replica, seq = protocol.decode_hello(message.payload)
+                    hellos[(site, replica)] = seq
+                else:
+                    self._reject(message, "wrong_topic", f"topic kind {kind!r} is neither delta nor hello")
+            except protocol.ProtocolError as exc:
+                self._reject(message, "invalid_sync_message", str(exc))
+            except CrdtDecodeError as exc:
+                self._reject(message, "invalid_crdt", str(exc))
+
+        answered: dict[str, dict[str, int]] = {}
+        for (site, replica), site_groups in groups.items():
+            answered[site] = self._apply(site, replica, site_groups)
+        for message in messages:
+            if message.qos > 0:
+                self._client.ack(message.mid, message.qos)
+
+        for (site, replica), seq in hellos.items():
+            versions = answered.get(site) or self.store.versions(site)
+            answered[site] = versions
+            if versions.get(replica, 0) > seq:
+                # The agent lost updates the cloud has (a new disk, a restored backup): send it the site's state.
+                state = self.store.site_state(site)
+                self._client.publish(protocol.topic(self.prefix, site, "state"),
+                                     protocol.encode_state(replica, versions[replica], state.to_bytes()), qos=1)
+                self.counters["states_sent"] += 1
+                log.warning("site %s replica %s said hello at seq %d behind the cloud's %d; sent it the state",
+                            site, replica, seq, versions[replica])
+        for site, versions in answered.items():
+            self._client.publish(protocol.topic(self.prefix, site, "ack"), protocol.encode_ack(versions), qos=1)
+            self.counters["acks_sent"] += 1
+
+    def _apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
+        try:
+            versions = self.store.apply(site, replica, groups)
+        except TypeError:
+            # One group's entry has another type than the stored one: apply the others one by one.
+            for group in groups:
+                try:
+                    self.store.apply(site, replica, [group])
+                except TypeError as exc:
+                    self.counters["rejected_crdt_type_conflict"] += 1
+                    self.store.put_dead_letter(
+                        topic=protocol.topic(self.prefix, site, "delta"), reason="crdt_type_conflict",
+                        detail=f"replica {replica} group ({group.from_seq}, {group.to_seq}]: {exc}", raw=group.delta.to_bytes(),
+                    )
+                    log.error("site %s replica %s: group (%d, %d] conflicts with the stored state: %s",
+                              site, replica, group.from_seq, group.to_seq, exc)
+            versions = self.store.versions(site)
+        self.counters["merges"] += 1
+        return versions
+
+    def _reject(self, message: mqtt.MQTTMessage, reason: str, detail: str) -> None:
+        self.counters[f"rejected_{reason}"] += 1
+        self.store.put_dead_letter(topic=message.topic, reason=reason, detail=detail, raw=message.payload)
+        if self.counters[f"rejected_{reason}"] <= 10:
+            log.warning("rejected a sync message on %s (%s): %s", message.topic, reason, detail)
+
+
+def _decode_map(data: bytes) -> CrdtMap:
+    state = CrdtMap.from_bytes(data)
+    if not isinstance(state, CrdtMap):
+        raise CrdtDecodeError("a delta group must hold a CRDT map")
+    return state
+

@@ -1,0 +1,99 @@
+"""The edge agent's SQLite store: the size bound and its overflow policies, expiry, deltas."""
+
+from __future__ import annotations
+
+from sparkiot.edge.buffer import DeltaGroup, EdgeStore
+
+
+def store_with(tmp_path, sizes: list[int], *, max_bytes: int, overflow: str):
+    store = EdgeStore(tmp_path / "edge.sqlite", durability="normal")
+    results = []
+    for index, size in enumerate(sizes):
+        store.begin()
+        results.append(store.append([(1_000 + index, 10, bytes([index]) * size)], max_bytes=max_bytes, overflow=overflow))
+        store.commit()
+    return store, results
+
+
+def test_drop_oldest_keeps_the_newest_messages_within_the_bound(tmp_path):
+    store, results = store_with(tmp_path, [400, 400, 400, 400], max_bytes=1000, overflow="drop_oldest")
+    kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
+    assert kept == [2, 3]
+    assert store.totals() == (2, 20, 800)
+    assert [r.dropped_readings for r in results] == [0, 0, 10, 10]
+
+
+def test_refuse_new_keeps_the_oldest_and_counts_refused_readings(tmp_path):
+    store, results = store_with(tmp_path, [400, 400, 400, 100], max_bytes=1000, overflow="refuse_new")
+    kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
+    assert kept == [0, 1, 3]
+    assert [r.refused_readings for r in results] == [0, 0, 10, 0]
+
+
+def test_a_message_larger_than_the_whole_buffer_is_refused_even_with_drop_oldest(tmp_path):
+    store, results = store_with(tmp_path, [100, 5000], max_bytes=1000, overflow="drop_oldest")
+    assert [m.payload[0] for m in store.outgoing(after_seq=0)] == [0]
+    assert results[1].refused_readings == 10
+
+
+def test_remove_returns_readings_of_messages_still_present(tmp_path):
+    store, _ = store_with(tmp_path, [10, 10, 10], max_bytes=10_000, overflow="drop_oldest")
+    seqs = [m.seq for m in store.outgoing(after_seq=0)]
+    assert store.remove([seqs[0], seqs[2]]) == 20
+    assert store.remove([seqs[0]]) == 0
+    assert store.totals() == (1, 10, 10)
+
+
+def test_sequence_numbers_are_not_reused_after_deletes(tmp_path):
+    store, _ = store_with(tmp_path, [10, 10], max_bytes=10_000, overflow="drop_oldest")
+    store.remove([m.seq for m in store.outgoing(after_seq=0)])
+    store.begin()
+    store.append([(5, 1, b"x")], max_bytes=10_000, overflow="drop_oldest")
+    store.commit()
+    assert [m.seq for m in store.outgoing(after_seq=0)] == [3]
+    assert store.max_seq() == 3
+
+
+def test_expire_drops_messages_older_than_the_cutoff(tmp_path):
+    store, _ = store_with(tmp_path, [10, 10, 10], max_bytes=10_000, overflow="drop_oldest")
+    assert store.expire(older_than_us=1_002) == 20
+    assert [m.added_us for m in store.outgoing(after_seq=0)] == [1_002]
+
+
+def test_outgoing_respects_the_upper_bound(tmp_path):
+    store, _ = store_with(tmp_path, [10] * 5, max_bytes=10_000, overflow="drop_oldest")
+    assert [m.seq for m in store.outgoing(after_seq=1, up_to_seq=3)] == [2, 3]
+
+
+def test_store_survives_reopening(tmp_path):
+    store, _ = store_with(tmp_path, [10, 20], max_bytes=10_000, overflow="drop_oldest")
+    store.begin()
+    store.put_delta(DeltaGroup(0, 1, b"d1"))
+    store.put_entries({"readings": b"c"})
+    store.set_meta("seq", 1)
+    store.commit()
+    store.close()
+    reopened = EdgeStore(tmp_path / "edge.sqlite")
+    assert reopened.totals() == (2, 20, 30)
+    assert reopened.deltas(after_seq=0) == [DeltaGroup(0, 1, b"d1")]
+    assert (reopened.entries(), reopened.get_meta("seq")) == ({"readings": b"c"}, 1)
+
+
+def test_rollback_leaves_nothing_behind(tmp_path):
+    store = EdgeStore(tmp_path / "edge.sqlite")
+    store.begin()
+    store.append([(1, 5, b"abc")], max_bytes=10_000, overflow="drop_oldest")
+    store.put_delta(DeltaGroup(0, 1, b"d"))
+    store.rollback()
+    assert (store.totals(), store.delta_count()) == ((0, 0, 0), 0)
+
+
+def test_kept_dead_letters_are_bounded_oldest_first(tmp_path):
+    from sparkiot.readings import DeadLetter
+
+    store = EdgeStore(tmp_path / "edge.sqlite")
+    letters = [DeadLetter(b"raw%d" % i, 4, "t", "invalid_json", f"bad {i}", i) for i in range(5)]
+    store.begin()
+    store.put_dead_letters(letters, keep=3)
+    store.commit()
+    assert [row[2] for row in store.dead_letters()] == ["bad 2", "bad 3", "bad 4"]
