@@ -37,7 +37,7 @@ from sparkiot.edge.crdt import CrdtMap
 from sparkiot.edge.rules import LocalRules
 from sparkiot.edge.state import EdgeState
 from sparkiot.edge.uplink import Uplink
-from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
 from sparkiot.readings import DeadLetter, Reading, Reason
 
 log = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class EdgeAgent:
         if reason_code.is_failure:
             log.error("local broker %s refused the connection: %s", self.local_url, reason_code)
             return
+        disable_nagle(client)
         log.info("connected to the local broker %s; subscribing to %s", self.local_url, self.config.local.topics)
         client.subscribe([(topic, self.config.local.qos) for topic in self.config.local.topics])
 

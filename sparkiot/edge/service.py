@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 
 from sparkiot.edge import protocol
 from sparkiot.edge.crdt import CrdtDecodeError, CrdtMap
-from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
 from sparkiot.state.crdt_store import CrdtStore, DecodedGroup
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class SyncService:
         if reason_code.is_failure:
             log.error("broker %s refused the sync service: %s", self.broker_url, reason_code)
             return
+        disable_nagle(client)
         log.info("sync service connected to %s; subscribing to %s/+/delta and /hello", self.broker_url, self.prefix)
         client.subscribe([(protocol.topic(self.prefix, "+", "delta"), 1), (protocol.topic(self.prefix, "+", "hello"), 1)])
 

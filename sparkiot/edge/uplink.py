@@ -33,7 +33,7 @@ import paho.mqtt.client as mqtt
 from sparkiot.edge import protocol
 from sparkiot.edge.buffer import DeltaGroup, EdgeStore
 from sparkiot.edge.config import EdgeConfig
-from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,7 @@ class Uplink:
         if reason_code.is_failure:
             log.error("upstream broker %s refused the connection: %s", self.config.upstream.broker, reason_code)
             return
+        disable_nagle(client)
         if self.config.sync.enabled:
             client.subscribe([(self._ack_topic, 1), (self._state_topic, 1)])
         self._events.put(("connected", None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from urllib.parse import urlparse
 
@@ -28,6 +29,18 @@ def new_client(client_id: str = "", *, protocol: str = "5", persistent: bool = F
         protocol=mqtt.MQTTv311,
         clean_session=not persistent,
     )
+
+
+def disable_nagle(client: mqtt.Client) -> None:
+    """Send each MQTT packet at once instead of holding small ones back (Nagle's algorithm).
+
+    paho leaves Nagle's algorithm on. Then a small packet written while an earlier one awaits
+    its TCP acknowledgement waits too, for up to the peer's delayed-ACK time (tens of
+    milliseconds on Linux). Call it from ``on_connect``, once the socket exists.
+    """
+    sock = client.socket()
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def connect_properties(protocol: str, *, session_expiry: float, receive_maximum: int = 65535) -> Properties | None:
