@@ -33,7 +33,11 @@ def cmd_edge(args) -> int:
     local_url = config.local.broker
     if local_url == "embedded":
         broker = EmbeddedBroker(port=args.local_port)
-        broker.start()
+        try:
+            broker.start()
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"error: {exc}; pass a free port with --local-port, or a running broker with --local-broker", file=sys.stderr)
+            return 2
         local_url = broker.url
         print(f"embedded local broker on {local_url}; devices publish there")
     agent = EdgeAgent(config, local_url=local_url)

@@ -78,6 +78,7 @@ class EdgeAgent:
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
         self._last_stats = 0.0
+        self._connect_failures = 0
         self.uplink = None
         if config.upstream.broker != "none":
             self.uplink = Uplink(config, self.store_path, on_cloud_state=lambda seq, data: self._cloud_states.put((seq, data)))
@@ -98,6 +99,11 @@ class EdgeAgent:
             return
         self.subscribed.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._connect_failures += 1
+        if self._connect_failures % 60 == 1:
+            log.warning("cannot reach the local broker %s (attempt %d); retrying with backoff", self.local_url, self._connect_failures)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.subscribed.clear()
         if not self._stop.is_set():
@@ -117,6 +123,7 @@ class EdgeAgent:
         client.manual_ack_set(True)
         client.reconnect_delay_set(min_delay=max(1, int(local.reconnect_min)), max_delay=int(local.reconnect_max))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

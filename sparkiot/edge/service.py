@@ -53,6 +53,7 @@ class SyncService:
         self._messages: queue.SimpleQueue[mqtt.MQTTMessage] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
+        self._connect_failures = 0
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
@@ -65,6 +66,11 @@ class SyncService:
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if not any(code.is_failure for code in reason_codes):
             self.subscribed.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._connect_failures += 1
+        if self._connect_failures % 60 == 1:
+            log.warning("cannot reach the broker %s (attempt %d); retrying with backoff", self.broker_url, self._connect_failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.subscribed.clear()
@@ -82,6 +88,7 @@ class SyncService:
         client.max_inflight_messages_set(1000)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

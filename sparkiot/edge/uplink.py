@@ -66,6 +66,7 @@ class Uplink:
         self._sent_seq = 0
         self._last_delta_sent = 0.0
         self._last_expiry = 0.0
+        self._connect_failures = 0
         self._wait = 0.2
         prefix = config.sync.topic_prefix
         self._delta_topic = protocol.topic(prefix, config.site, "delta")
@@ -107,6 +108,11 @@ class Uplink:
         self._events.put(("connected", None))
         self._wake.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        self._connect_failures += 1
+        if self._connect_failures % 60 == 1:
+            log.warning("cannot reach the upstream broker %s (attempt %d); retrying with backoff", self.config.upstream.broker, self._connect_failures)
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._events.put(("disconnected", reason_code))
         self._wake.set()
@@ -134,6 +140,7 @@ class Uplink:
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=max(1, int(upstream.reconnect_min)), max_delay=int(upstream.reconnect_max))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message

@@ -1,0 +1,55 @@
+"""The edge commands: configuration errors, store URLs and the fleet view."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from sparkiot.edge.crdt import CrdtMap, GCounter
+from sparkiot.state.crdt_store import DecodedGroup, SqliteCrdtStore
+from tests.test_cli import sparkiot
+
+
+def test_edge_invalid_config_names_field(tmp_path):
+    config = tmp_path / "edge.yaml"
+    config.write_text("site: plant/7\nbuffer:\n  overflow: drop_newest\n")
+
+    result = sparkiot("edge", "--config", str(config))
+
+    assert result.returncode == 2
+    message = result.stderr.decode()
+    assert "invalid edge configuration" in message
+    assert "site: site 'plant/7' must be 1-64" in message
+    assert "buffer.overflow" in message
+
+
+def test_edge_missing_config_file(tmp_path):
+    result = sparkiot("edge", "--config", str(tmp_path / "absent.yaml"))
+
+    assert result.returncode == 2
+    assert "edge file not found" in result.stderr.decode()
+
+
+def test_sync_service_rejects_unknown_store_url():
+    result = sparkiot("sync-service", "--store", "mongodb://127.0.0.1/x")
+
+    assert result.returncode == 2
+    assert "unknown state store 'mongodb://127.0.0.1/x'" in result.stderr.decode()
+
+
+def test_fleet_prints_the_merged_state_of_the_main_jobs_store(tmp_path):
+    store = SqliteCrdtStore(tmp_path / "state.sqlite")
+    for site, count in (("north", 3), ("south", 4)):
+        delta = CrdtMap()
+        delta.update("readings", GCounter, lambda counter: counter.inc(site, count))
+        store.apply(site, site, [DecodedGroup(0, 1, delta)])
+    store.close()
+
+    fleet = json.loads(sparkiot("fleet", "--data-dir", str(tmp_path)).stdout)
+    south = json.loads(sparkiot("fleet", "--data-dir", str(tmp_path), "--site", "south").stdout)
+
+    assert fleet == {"fleet": {"readings": 7}, "sites": {"north": {"north": 1}, "south": {"south": 1}}}
+    assert south == {"site": "south", "state": {"readings": 4}, "versions": {"south": 1}}
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        rows = db.execute("SELECT scope, kind, value FROM crdt_state WHERE key = 'readings' ORDER BY scope").fetchall()
+    assert rows == [("*", "GCounter", "7"), ("north", "GCounter", "3"), ("south", "GCounter", "4")]
