@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from sparkiot.edge.crdt import CrdtMap, LWWRegister, ORSet, QuantileSketch, Summary, decode
+from sparkiot.edge.crdt import CrdtMap, LWWRegister, ORSet, Summary, decode
 
 FLEET = "*"
 
@@ -86,8 +86,6 @@ def describe(state) -> object:
             "count": value.count, "sum": value.sum, "sum_squares": value.sum_squares,
             "min": value.min, "max": value.max, "mean": value.mean, "stddev": value.stddev,
         }
-    if isinstance(state, QuantileSketch):
-        return {"count": state.count(), **{f"p{round(q * 100)}": state.quantile(q) for q in (0.5, 0.9, 0.95, 0.99)}}
     if isinstance(state, LWWRegister):
         return state.value()
     value = state.value()
@@ -171,11 +169,12 @@ class SqliteCrdtStore:
             self._db.execute(
                 "INSERT OR REPLACE INTO sync_versions (site, replica, seq, updated_us) VALUES (?, ?, ?, ?)", (site, replica, seq, now_us)
             )
+            versions = self.versions(site)
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
-        return self.versions(site)
+        return versions
 
     def versions(self, site: str) -> dict[str, int]:
         return dict(self._db.execute("SELECT replica, seq FROM sync_versions WHERE site = ?", (site,)))

@@ -66,20 +66,19 @@ class RedisCrdtStore:
                     for scope, state_key in ((site, site_key), (FLEET, fleet_key)):
                         stored = pipe.hmget(state_key, keys) if keys else []
                         writes[scope] = merged_entries(dict(zip(keys, stored)), delta)
-                    stored_seq = pipe.hget(versions_key, replica)
-                    seq = advance(int(stored_seq) if stored_seq is not None else 0, groups)
+                    versions = {name.decode(): int(value) for name, value in pipe.hgetall(versions_key).items()}
+                    versions[replica] = advance(versions.get(replica, 0), groups)
                     pipe.multi()
                     for scope, merged in writes.items():
                         if merged:
                             pipe.hset(self._state_key(scope), mapping={key: state.to_bytes() for key, state in merged.items()})
                             pipe.hset(f"{self.ns}:values:{scope}", mapping={key: json.dumps(describe(state)) for key, state in merged.items()})
-                    pipe.hset(versions_key, replica, seq)
+                    pipe.hset(versions_key, replica, versions[replica])
                     pipe.sadd(f"{self.ns}:sites", site)
                     pipe.execute()
-                    break
+                    return versions
                 except redis.WatchError:
                     continue
-        return self.versions(site)
 
     def versions(self, site: str) -> dict[str, int]:
         stored = self._redis.hgetall(f"{self.ns}:versions:{site}")

@@ -122,10 +122,15 @@ class QuantileSketch(WireCodec):
         The value comes from ``ddsketch``'s own query on the summed bucket counts. Raises
         ValueError unless ``0 <= q <= 1``.
         """
-        if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0.0 <= q <= 1.0:
-            raise ValueError(f"quantile q must be a number in [0, 1], got {q!r}")
+        return self.quantiles([q])[0]
+
+    def quantiles(self, qs: list[float]) -> list[float | None]:
+        """Return the values at several quantiles, building the ddsketch query once; see :meth:`quantile`."""
+        for q in qs:
+            if not isinstance(q, (int, float)) or isinstance(q, bool) or not 0.0 <= q <= 1.0:
+                raise ValueError(f"quantile q must be a number in [0, 1], got {q!r}")
         if not self._counts:
-            return None
+            return [None] * len(qs)
 
         totals: dict[tuple[int, int], int] = defaultdict(int)
         for (_, side, key), count in self._counts.items():
@@ -140,8 +145,8 @@ class QuantileSketch(WireCodec):
             else:
                 zero_count += count
         sketch = BaseDDSketch(mapping=self._mapping, store=positive, negative_store=negative, zero_count=zero_count)
-        result = sketch.get_quantile_value(q)
-        return None if result is None else float(result)
+        results = [sketch.get_quantile_value(q) for q in qs]
+        return [None if result is None else float(result) for result in results]
 
     def copy(self) -> Self:
         """Return an independent copy."""
@@ -155,7 +160,8 @@ class QuantileSketch(WireCodec):
 
     def value(self) -> dict[str, object]:
         """Return the count and the quantiles 0.5, 0.9, 0.95 and 0.99 (None when empty)."""
-        return {"count": self.count(), **{f"p{round(q * 100)}": self.quantile(q) for q in (0.5, 0.9, 0.95, 0.99)}}
+        levels = (0.5, 0.9, 0.95, 0.99)
+        return {"count": self.count(), **{f"p{round(q * 100)}": value for q, value in zip(levels, self.quantiles(list(levels)))}}
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

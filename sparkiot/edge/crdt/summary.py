@@ -15,7 +15,7 @@ against the magnitude: about ``log10(mean ** 2 / variance)`` of the 16 significa
 from __future__ import annotations
 
 import math
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from typing import Self
 
 from sparkiot.edge.crdt.base import check_replica, check_same_type
@@ -166,7 +166,7 @@ class Summary(WireCodec):
         return f"Summary({dict(sorted(self._entries.items()))!r})"
 
     def _wire_body(self) -> object:
-        return {replica: list(astuple(entry)) for replica, entry in self._entries.items()}
+        return {replica: [e.count, e.sum, e.sum_squares, e.min, e.max] for replica, e in self._entries.items()}
 
     @classmethod
     def _from_wire_body(cls, body: object, reader: WireReader) -> Self:
