@@ -269,3 +269,39 @@ def test_agent_without_upstream_still_keeps_state(tmp_path, unique, mosquitto):
     reopened = EdgeAgent(config, local_url=mosquitto)
     assert_state_matches(reopened.state.state, expected_state(readings))
     reopened.store.close()
+
+
+def test_backlog_drains_in_order_at_the_rate_while_live_readings_pass(tmp_path, unique, mosquitto):
+    from sparkiot.ingest.mqtt_client import parse_broker_url
+    from tests.edge_support import TcpLink
+
+    link = TcpLink(*parse_broker_url(mosquitto))  # cut: nothing listens on its port yet
+    config = edge_config(tmp_path, unique, "site-r", local=mosquitto, upstream=link.url,
+                         buffer={"drain_rate": 100, "durability": "normal"}, upstream_options={"readings_per_message": 10})
+    start_us = time.time_ns() // 1000 - 600 * SECOND_US
+    backlog = [("old", "temp", start_us + i * SECOND_US, float(i)) for i in range(200)]
+    live = [("new", "temp", start_us + 500 * SECOND_US + i, 1.0) for i in range(5)]
+    collector = Collector(mosquitto, f"it/{unique}/edge/+/readings")
+    try:
+        with EdgeThread(config, local=mosquitto, wait_uplink=False) as edge:
+            publish_readings(mosquitto, unique, "site-r", backlog)
+            wait_for(lambda: edge.agent.store.totals()[1] == 200, 20, "the backlog in the buffer")
+            link.restore()
+            wait_for(lambda: edge.agent.uplink.connected, 20, "the uplink")
+            publish_readings(mosquitto, unique, "site-r", live)
+            wait_for(lambda: len(forwarded_msg_ids(collector.payloads)) >= 205, 30, "backlog and live readings upstream")
+    finally:
+        collector.close()
+        link.cut()
+
+    codec = ForwardedCodec(CodecConfig())
+    arrivals = []
+    for payload, arrived in zip(collector.payloads, collector.arrivals):
+        for reading in codec.decode(payload, "t", time.time_ns() // 1000).readings:
+            arrivals.append((arrived, reading.device_id, reading.ts_us))
+    old = [(arrived, ts) for arrived, device, ts in arrivals if device == "old"]
+    new = [arrived for arrived, device, _ in arrivals if device == "new"]
+    assert [ts for _, ts in old] == [ts for _, _, ts, _ in backlog]
+    # 200 readings at 100 per second from an empty token bucket: about 2 s from first to last.
+    assert old[-1][0] - old[0][0] >= 1.5
+    assert max(new) < old[-1][0]
