@@ -2,8 +2,8 @@
 
 The script starts a tuned Mosquitto on a free loopback port as the gateway's local broker and
 runs ``python -m sparkiot edge`` against it as a child process, with one alert rule
-(``temp`` above 50) and its defaults otherwise: every reading is also committed to the
-store-and-forward buffer (one fsync per batch) and forwarded upstream to the same broker.
+(``temp`` above 50). Its other settings are the defaults, so every reading is also committed to
+the store-and-forward buffer (one fsync per batch) and forwarded upstream to the same broker.
 
 A publisher in this process sends ``--rate`` readings per second, one reading per message, QoS 1,
 over 20 devices. Every twentieth reading of a device is 60, which raises the alert, and the next

@@ -2,7 +2,7 @@
 
 The script starts a tuned Mosquitto on a free loopback port, the sync service in a child process
 (SQLite or Redis store), and an edge agent in this process. A publisher sends ``--rate``
-readings per second to the agent's local topic (one reading per message, 20 series), and each
+readings per second to the agent's local topic (one reading per message, 20 series). Each
 reading is one *update*: it changes the site's readings counter, the series' summary, sketch,
 latest-value register and the device's last-seen register.
 

@@ -15,7 +15,7 @@ def store_with(tmp_path, sizes: list[int], *, max_bytes: int, overflow: str):
     return store, results
 
 
-def test_drop_oldest_keeps_the_newest_messages_within_the_bound(tmp_path):
+def test_buffer_drop_oldest(tmp_path):
     store, results = store_with(tmp_path, [400, 400, 400, 400], max_bytes=1000, overflow="drop_oldest")
     kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
     assert kept == [2, 3]
@@ -23,14 +23,14 @@ def test_drop_oldest_keeps_the_newest_messages_within_the_bound(tmp_path):
     assert [r.dropped_readings for r in results] == [0, 0, 10, 10]
 
 
-def test_refuse_new_keeps_the_oldest_and_counts_refused_readings(tmp_path):
+def test_buffer_refuse_new(tmp_path):
     store, results = store_with(tmp_path, [400, 400, 400, 100], max_bytes=1000, overflow="refuse_new")
     kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
     assert kept == [0, 1, 3]
     assert [r.refused_readings for r in results] == [0, 0, 10, 0]
 
 
-def test_a_message_larger_than_the_whole_buffer_is_refused_even_with_drop_oldest(tmp_path):
+def test_buffer_rejects_oversized_message(tmp_path):
     store, results = store_with(tmp_path, [100, 5000], max_bytes=1000, overflow="drop_oldest")
     assert [m.payload[0] for m in store.outgoing(after_seq=0)] == [0]
     assert results[1].refused_readings == 10

@@ -37,7 +37,7 @@ def test_sync_service_rejects_unknown_store_url():
     assert "unknown state store 'mongodb://127.0.0.1/x'" in result.stderr.decode()
 
 
-def test_fleet_prints_the_merged_state_of_the_main_jobs_store(tmp_path):
+def test_fleet_prints_merged_state(tmp_path):
     store = SqliteCrdtStore(tmp_path / "state.sqlite")
     for site, count in (("north", 3), ("south", 4)):
         delta = CrdtMap()

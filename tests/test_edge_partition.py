@@ -1,6 +1,6 @@
 """A network partition between one of two edge agents and the cloud, with real Mosquitto, Redis and Spark.
 
-Site ``north`` reaches the cloud broker directly; site ``south`` goes through a TCP link that the
+Site ``north`` reaches the cloud broker directly. Site ``south`` goes through a TCP link that the
 test cuts while readings keep arriving at both, then restores. Afterwards every reading is in the
 cloud's readings table exactly once, and each site's CRDT state in Redis, and the fleet view,
 equal the state computed from all readings with plain Python.
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.mosquitto, pytest.mark.redis]
 SECOND_US = 1_000_000
 
 
-def test_partitioned_site_converges_and_every_reading_lands_once(spark, tmp_path, unique, mosquitto, redis_store):
+def test_partition_converges_exactly_once(spark, tmp_path, unique, mosquitto, redis_store):
     host, port = parse_broker_url(mosquitto)
     link = TcpLink(host, port)
     link.restore()

@@ -73,7 +73,7 @@ def publish_readings(broker: str, unique: str, site: str, readings) -> None:
     publish_payloads(broker, [(f"it/{unique}/{site}/sensors/{d}", reading_payload(d, m, ts, v)) for d, m, ts, v in readings])
 
 
-def test_agent_forwards_every_reading_and_the_cloud_state_equals_the_reference(tmp_path, unique, mosquitto):
+def test_agent_forwards_and_syncs_all(tmp_path, unique, mosquitto):
     store = SqliteCrdtStore(tmp_path / "state.sqlite")
     config = edge_config(tmp_path, unique, "site-a", local=mosquitto, upstream=mosquitto)
     readings = make_readings(3, 40, start_us=time.time_ns() // 1000 - 3600 * SECOND_US)
@@ -96,7 +96,7 @@ def test_agent_forwards_every_reading_and_the_cloud_state_equals_the_reference(t
     assert store.fleet_state() == store.site_state("site-a")
 
 
-def test_local_alerts_are_published_on_transitions(tmp_path, unique, mosquitto):
+def test_alerts_published_on_transitions(tmp_path, unique, mosquitto):
     config = edge_config(
         tmp_path, unique, "site-b", local=mosquitto, upstream="none",
         rules={"alerts": [{"name": "hot", "match": {"metric": "temp"}, "above": 30}],
@@ -118,7 +118,7 @@ def test_local_alerts_are_published_on_transitions(tmp_path, unique, mosquitto):
     ]
 
 
-def test_bad_payloads_become_dead_letters_kept_at_the_edge_and_counted(tmp_path, unique, mosquitto):
+def test_agent_keeps_dead_letters(tmp_path, unique, mosquitto):
     config = edge_config(tmp_path, unique, "site-c", local=mosquitto, upstream="none")
     now_us = time.time_ns() // 1000
     bad = [b"{not json", json.dumps({"device_id": "d", "metric": "m", "ts": now_us, "value": "high"}).encode(), b""]
@@ -134,7 +134,7 @@ def test_bad_payloads_become_dead_letters_kept_at_the_edge_and_counted(tmp_path,
     assert by_reason == {"empty_payload": 1, "invalid_json": 1, "non_numeric_value": 1}
 
 
-def test_cloud_that_lost_its_state_is_repaired_with_the_full_state(tmp_path, unique, mosquitto):
+def test_sync_repairs_empty_cloud_store(tmp_path, unique, mosquitto):
     readings = make_readings(2, 10, start_us=time.time_ns() // 1000 - 600 * SECOND_US)
     config = edge_config(tmp_path, unique, "site-d", local=mosquitto, upstream=mosquitto)
     first = SqliteCrdtStore(tmp_path / "first.sqlite")
@@ -152,7 +152,7 @@ def test_cloud_that_lost_its_state_is_repaired_with_the_full_state(tmp_path, uni
     assert_state_matches(second.site_state("site-d"), expected_state(readings))
 
 
-def test_agent_that_lost_its_disk_takes_the_cloud_state_and_continues(tmp_path, unique, mosquitto):
+def test_sync_restores_agent_lost_disk(tmp_path, unique, mosquitto):
     import shutil
 
     readings = make_readings(2, 10, start_us=time.time_ns() // 1000 - 600 * SECOND_US)
@@ -172,7 +172,7 @@ def test_agent_that_lost_its_disk_takes_the_cloud_state_and_continues(tmp_path, 
     assert_state_matches(edge_state, expected_state(readings))
 
 
-def test_sync_service_keeps_malformed_messages_as_dead_letters(tmp_path, unique, mosquitto):
+def test_sync_service_malformed_messages(tmp_path, unique, mosquitto):
     from sparkiot.edge import protocol
 
     store = SqliteCrdtStore(tmp_path / "state.sqlite")
@@ -197,8 +197,8 @@ def test_sync_service_keeps_malformed_messages_as_dead_letters(tmp_path, unique,
     assert protocol.decode_ack(collector.payloads[-1]) == {}
 
 
-def test_killed_agent_loses_no_buffered_reading(tmp_path, unique, mosquitto):
-    """SIGKILL while the uplink is down and the buffer holds data; a restart forwards all of it."""
+def test_agent_sigkill_loses_nothing(tmp_path, unique, mosquitto):
+    """SIGKILL while the uplink is down and the buffer contains data, then a restart forwards all of it."""
     import os
     import signal
     import subprocess
@@ -242,7 +242,7 @@ def test_killed_agent_loses_no_buffered_reading(tmp_path, unique, mosquitto):
     assert len(sent_ids) == len(readings)
 
 
-def test_refuse_new_overflow_counts_what_was_not_buffered(tmp_path, unique, mosquitto):
+def test_buffer_refuse_new_counts(tmp_path, unique, mosquitto):
     # Port 9 (discard) has no broker: the uplink stays down and everything waits in the buffer.
     config = edge_config(
         tmp_path, unique, "site-f", local=mosquitto, upstream="mqtt://127.0.0.1:9",
@@ -260,7 +260,7 @@ def test_refuse_new_overflow_counts_what_was_not_buffered(tmp_path, unique, mosq
     assert refused > 0
 
 
-def test_agent_without_upstream_still_keeps_state(tmp_path, unique, mosquitto):
+def test_agent_without_upstream_keeps_state(tmp_path, unique, mosquitto):
     config = edge_config(tmp_path, unique, "site-g", local=mosquitto, upstream="none")
     readings = make_readings(2, 5, start_us=time.time_ns() // 1000 - 60 * SECOND_US)
     with EdgeThread(config, local=mosquitto, wait_uplink=False) as edge:
@@ -271,7 +271,7 @@ def test_agent_without_upstream_still_keeps_state(tmp_path, unique, mosquitto):
     reopened.store.close()
 
 
-def test_backlog_drains_in_order_at_the_rate_while_live_readings_pass(tmp_path, unique, mosquitto):
+def test_backlog_drain_rate_and_order(tmp_path, unique, mosquitto):
     from sparkiot.ingest.mqtt_client import parse_broker_url
     from tests.edge_support import TcpLink
 

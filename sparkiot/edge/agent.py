@@ -12,8 +12,8 @@ Per batch of messages from the local broker, in order:
 5. acknowledge the local messages (QoS 1, manual ack), then wake the uplink.
 
 A killed agent therefore loses nothing it acknowledged: the local broker redelivers the rest.
-Readings that the redelivery repeats are forwarded twice and removed upstream by ``msg_id``;
-their CRDT updates are applied twice only if the kill fell between step 4 and step 5.
+Readings that the redelivery repeats are forwarded twice and removed upstream by ``msg_id``.
+Their CRDT updates are applied twice only if the kill fell between step 4 and step 5.
 """
 
 from __future__ import annotations
@@ -128,6 +128,7 @@ class EdgeAgent:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
+
         properties = connect_properties(local.protocol, session_expiry=local.session_expiry)
         if local.protocol == "5":
             client.connect_async(host, port, keepalive=int(local.keepalive), clean_start=False, properties=properties)
@@ -140,6 +141,7 @@ class EdgeAgent:
             "edge agent for site %r started: local broker %s, upstream %s, data directory %s",
             self.site, self.local_url, self.config.upstream.broker, self.config.data_dir,
         )
+
         try:
             while not self._stop.is_set():
                 self._take_cloud_states()
@@ -261,7 +263,7 @@ class EdgeAgent:
     def _count_overflow(self, result) -> None:
         if result.refused_readings:
             self.counters["buffer_refused_readings"] += result.refused_readings
-            log.warning("buffer full (buffer.max_bytes=%d): refused %d new readings", self.config.buffer.max_bytes, result.refused_readings)
+            log.warning("buffer full (buffer.max_bytes=%d): rejected %d new readings", self.config.buffer.max_bytes, result.refused_readings)
         if result.dropped_readings:
             self.counters["buffer_dropped_readings"] += result.dropped_readings
             log.warning("buffer full (buffer.max_bytes=%d): dropped the %d oldest readings", self.config.buffer.max_bytes, result.dropped_readings)

@@ -10,7 +10,7 @@ Guarantees and limits:
 - Forwarded messages leave the buffer only when the upstream broker acknowledged them (PUBACK),
   in buffer order within the backlog and within the live stream. A crash between the PUBACK and
   the delete sends a message twice; the main job removes the copy by ``msg_id``.
-- The buffer holds at most ``buffer.max_bytes`` of payload and nothing older than
+- The buffer keeps at most ``buffer.max_bytes`` of payload and nothing older than
   ``buffer.max_age``. When full, ``drop_oldest`` deletes the oldest messages and ``refuse_new``
   refuses the new ones; either way the readings lost are counted.
 - ``durability: full`` fsyncs each commit (power loss safe); ``normal`` leaves the fsync to WAL

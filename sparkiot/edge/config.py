@@ -31,7 +31,7 @@ _SITE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class Match(_Section):
-    """Which series a rule applies to: shell-style patterns on metric and device id."""
+    """The series a rule applies to: shell-style patterns on metric and device id."""
 
     metric: str = "*"
     device: str = "*"
@@ -41,7 +41,7 @@ class Match(_Section):
 
 
 class FilterRule(_Section):
-    """Drops readings before anything else sees them: all of a series, or values outside a range."""
+    """A filter that drops readings before any other rule: all of a series, or values outside a range."""
 
     match: Match = Match()
     drop: bool = Field(default=False, description="drop every reading of the matched series")
@@ -75,7 +75,7 @@ class AlertRule(_Section):
     """A local alert: a threshold on the value or on its rate of change per second.
 
     An alert is raised when its condition becomes true for a series and cleared when it becomes
-    false again; both transitions are published, so a steady excursion gives one alert, not one
+    false again. Both transitions are published, so a steady excursion gives one alert, not one
     per reading.
     """
 

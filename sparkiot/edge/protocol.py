@@ -9,8 +9,8 @@ Messages are CBOR maps on topics under a prefix (default ``sparkiot/sync``) and 
 | ``PREFIX/SITE/ack`` | cloud | ``{"vv": {replica: seq, ...}}`` the site's version vector |
 | ``PREFIX/SITE/state`` | cloud | ``{"r": replica, "s": seq, "d": state}`` when the cloud is ahead |
 
-Every update at the edge belongs to a numbered delta group; a group covers the sequence numbers
-``(from_seq, to_seq]`` (several groups are joined into one while the uplink is down). The cloud's
+Every update at the edge belongs to a numbered delta group. A group covers the sequence numbers
+``(from_seq, to_seq]``, because several groups are joined into one while the uplink is down. The cloud's
 version vector holds, per replica, the highest sequence number up to which it merged every group
 without a gap. It merges any group it receives (a join is safe in any order), but advances the
 vector only over contiguous groups, so a lost group shows up as a vector behind the edge.
@@ -32,7 +32,7 @@ MAX_REPLICA_LENGTH = 128
 
 
 class ProtocolError(ValueError):
-    """A sync message that does not follow the protocol; the message says what is wrong."""
+    """A sync message that does not follow the protocol; the error message names the problem."""
 
 
 class Group(NamedTuple):

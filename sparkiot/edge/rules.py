@@ -96,7 +96,7 @@ class LocalRules:
     def evaluate(self, reading: Reading) -> list[EdgeAlert]:
         """Return the alert transitions ``reading`` causes; call once per admitted reading, in arrival order.
 
-        The rate of change is taken against the previous reading of the series; a reading not
+        The rate of change is taken against the previous reading of the series. A reading not
         newer than that one has no rate, leaves the previous reading in place, and is checked
         against the value limits only.
         """
@@ -129,8 +129,9 @@ class LocalRules:
         """Return True when ``reading`` goes upstream under the series' down-sampling rule.
 
         With ``min_interval``, a reading is forwarded when at least that much event time passed
-        since the last forwarded one; with ``deadband``, when its value moved more than the
-        deadband; with both, when both hold. The first reading of a series is always forwarded.
+        since the last forwarded one. With ``deadband``, it is forwarded when its value moved more
+        than the deadband, and with both settings when both conditions are true. The first
+        reading of a series is always forwarded.
         """
         state = self._state(reading)
         rule = state.downsample

@@ -2,8 +2,8 @@
 
 It subscribes to ``PREFIX/+/delta`` and ``PREFIX/+/hello`` at QoS 1 with a persistent session,
 so groups sent while it is down wait in the broker. A message is acknowledged to the broker
-(manual ack) only after its groups are committed to the store; the edge agent is acknowledged
-afterwards with the site's version vector (see :mod:`sparkiot.edge.protocol`).
+(manual ack) only after its groups are committed to the store. Then the edge agent gets an
+acknowledgement with the site's version vector (see :mod:`sparkiot.edge.protocol`).
 
 Messages are taken in batches: all groups of one replica in a batch are merged with one store
 transaction. A message that breaks the protocol, or whose state does not decode, is kept as a
@@ -57,7 +57,7 @@ class SyncService:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s refused the sync service: %s", self.broker_url, reason_code)
+            log.error("broker %s rejected the sync service's connection: %s", self.broker_url, reason_code)
             return
         disable_nagle(client)
         log.info("sync service connected to %s; subscribing to %s/+/delta and /hello", self.broker_url, self.prefix)
@@ -124,7 +124,7 @@ class SyncService:
         self.process(batch)
 
     def process(self, messages: list[mqtt.MQTTMessage]) -> None:
-        """Merge a batch, acknowledge it to the broker, then answer each site's agent."""
+        """Merge a batch, acknowledge it to the broker, then send each site's agent its version vector."""
         groups: dict[tuple[str, str], list[DecodedGroup]] = defaultdict(list)
         hellos: dict[tuple[str, str], int] = {}
         for message in messages:
@@ -162,7 +162,7 @@ class SyncService:
                 self._client.publish(protocol.topic(self.prefix, site, "state"),
                                      protocol.encode_state(replica, versions[replica], state.to_bytes()), qos=1)
                 self.counters["states_sent"] += 1
-                log.warning("site %s replica %s said hello at seq %d behind the cloud's %d; sent it the state",
+                log.warning("site %s replica %s sent hello at seq %d, behind the cloud's %d; sent it the site's state",
                             site, replica, seq, versions[replica])
         for site, versions in answered.items():
             self._client.publish(protocol.topic(self.prefix, site, "ack"), protocol.encode_ack(versions), qos=1)

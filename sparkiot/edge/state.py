@@ -15,7 +15,7 @@ Every admitted reading updates these entries (the replica id is the agent's, by 
 
 The changes since the last :meth:`EdgeState.take_delta` accumulate in one map delta, which the
 agent stores and sends as one delta group. Each entry's full state is also kept, so that the
-agent can answer anti-entropy with the full state when the cloud lost deltas.
+agent can send the full state during anti-entropy when the cloud lost deltas.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The backlog and the live stream are separate:
   ``buffer.drain_rate`` readings per second;
 - messages buffered after the connect are *live* and go out at once, ahead of the backlog, so
   fresh readings are not stuck behind hours of stored ones. The main job orders by event time,
-  so the interleaving does not matter there; its watermark must be longer than the outage for
+  so the interleaving does not matter there. Its watermark must be longer than the outage for
   backlog readings to count as on time.
 
 paho keeps QoS 1 messages it was handed across reconnects and sends them again itself, so a
@@ -54,12 +54,14 @@ class Uplink:
         self.connected = False
         self._thread: threading.Thread | None = None
         self._client: mqtt.Client | None = None
+
         # Forwarding cursors: see the module docstring.
         self._live_from = 0
         self._live_cursor = 0
         self._backlog_cursor = 0
         self._tokens = 0.0
         self._last_refill = time.monotonic()
+
         # Sync state.
         self._handshake = False
         self._cloud_seq = 0
@@ -68,6 +70,7 @@ class Uplink:
         self._last_expiry = 0.0
         self._connect_failures = 0
         self._wait = 0.2
+
         prefix = config.sync.topic_prefix
         self._delta_topic = protocol.topic(prefix, config.site, "delta")
         self._hello_topic = protocol.topic(prefix, config.site, "hello")
@@ -133,6 +136,7 @@ class Uplink:
         self._store = EdgeStore(self._store_path, durability=self.config.buffer.durability)
         self._cloud_seq = self._store.get_meta("cloud_seq")
         self._sent_seq = self._cloud_seq
+
         host, port = parse_broker_url(upstream.broker)
         client_id = self.config.topic(upstream.client_id)
         client = new_client(client_id, protocol=upstream.protocol)
@@ -145,6 +149,7 @@ class Uplink:
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self._client = client
+
         properties = connect_properties(upstream.protocol, session_expiry=0)
         if upstream.protocol == "5":
             client.connect_async(host, port, keepalive=int(upstream.keepalive), clean_start=True, properties=properties)
@@ -152,6 +157,7 @@ class Uplink:
             client.connect_async(host, port, keepalive=int(upstream.keepalive))
         client.loop_start()
         log.info("uplink to %s as %r started", upstream.broker, client_id)
+
         try:
             while not self._stop.is_set():
                 self._wake.wait(timeout=self._wait)
@@ -323,7 +329,7 @@ class Uplink:
         cloud_seq = versions.get(self.replica, 0)
         own_seq = self._store.get_meta("seq")
         if cloud_seq > own_seq:
-            # The cloud holds updates this agent lost; it sends the state, handled in _handle_state.
+            # The cloud has updates this agent lost, so it sends the state, which _handle_state joins.
             log.warning("the cloud acknowledged seq %d but this agent is at %d; waiting for the cloud's state", cloud_seq, own_seq)
             return
         self._store.prune_deltas(up_to_seq=cloud_seq)

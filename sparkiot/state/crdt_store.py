@@ -6,9 +6,9 @@ which every delta group was merged). Under the scope ``*`` it keeps the join of 
 fleet-wide view, which stays correct because a join of joins is the join of everything.
 
 The same file is the main job's ``state.sqlite``, so the merged values sit beside the ``latest``
-table. Table ``crdt_state`` holds each entry's encoded state and its value as JSON text for any
-SQLite reader; ``sync_versions`` holds the version vectors; ``sync_dead_letters`` keeps sync
-messages that were rejected.
+table. Table ``crdt_state`` contains each entry's encoded state and its value as JSON text for any
+SQLite reader. ``sync_versions`` contains the version vectors, and ``sync_dead_letters`` the
+sync messages that were rejected.
 
 Guarantee: one :meth:`SqliteCrdtStore.apply` is one transaction, so entries and version vector
 never disagree after a crash.
@@ -95,7 +95,7 @@ def describe(state) -> object:
 
 
 class CrdtStore(Protocol):
-    """What the sync service needs from a store; :class:`SqliteCrdtStore` and the Redis store implement it."""
+    """The store interface of the sync service, implemented by :class:`SqliteCrdtStore` and the Redis store."""
 
     def apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
         """Merge ``groups`` of ``replica`` into ``site`` and the fleet view; return the site's version vector."""
@@ -206,7 +206,7 @@ class SqliteCrdtStore:
 def open_store(url: str | None, *, default_path: str | Path) -> CrdtStore:
     """Open the store named by ``url``: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``, or None for ``default_path``.
 
-    Raises ValueError for another scheme, and ConnectionError when Redis does not answer.
+    Raises ValueError for another scheme, and ConnectionError when Redis cannot be reached.
     """
     if url is None:
         return SqliteCrdtStore(default_path)

@@ -2,7 +2,7 @@
 
 Layout under a namespace (default ``sparkiot``):
 
-| key | type | holds |
+| key | type | content |
 |---|---|---|
 | ``NS:crdt:SITE`` | hash | CRDT key → encoded state of the site |
 | ``NS:fleet`` | hash | CRDT key → encoded join over all sites |
