@@ -333,6 +333,75 @@ def test_orset_readd_supersedes_earlier_dot():
     assert delta.context.version_vector == {"gw-1": 2}
 
 
+def test_orset_full_state_removes_compacted_dot():
+    gateway = ORSet()
+    gateway.add("gw-1", "pump")
+    gateway.add("gw-1", "fan")
+    cloud = gateway.copy()
+    cloud.remove("pump")
+
+    # Both contexts are the version vector {"gw-1": 2}, so only the entries show the removal.
+    gateway.merge(cloud)
+
+    assert gateway.value() == frozenset({"fan"})
+    assert gateway == cloud
+
+
+def test_orset_decoded_and_copied_apply_removal():
+    origin = ORSet()
+    for index in range(5):
+        origin.add("gw-1", f"valve-{index}")
+    encoded = origin.to_bytes()
+    snapshot = origin.copy()
+    removal = origin.remove("valve-2")
+
+    for receiver in (ORSet.from_bytes(encoded), snapshot):
+        receiver.merge(removal)
+
+        assert "valve-2" not in receiver
+        assert receiver == origin
+
+
+class _NoIterationDict(dict):
+    """A dict whose iteration fails, to show that a merge does not walk the receiving entries."""
+
+    def __iter__(self):
+        raise AssertionError("the merge iterated the entries of the receiving set")
+
+    def keys(self):
+        raise AssertionError("the merge iterated the entries of the receiving set")
+
+    def items(self):
+        raise AssertionError("the merge iterated the entries of the receiving set")
+
+    def values(self):
+        raise AssertionError("the merge iterated the entries of the receiving set")
+
+
+def test_orset_delta_merge_skips_receiving_entries():
+    fleet = ORSet()
+    for index in range(1000):
+        fleet.add(f"site-{index % 4}", f"dev-{index}")
+    gateway = fleet.copy()
+    # The delta contexts cover dots in a cloud, in a version vector entry of a known replica
+    # (dev-0 has the dot ("site-0", 1)) and of a new replica.
+    deltas = [
+        gateway.add("site-1", "dev-5"),
+        gateway.add("site-0", "dev-0"),
+        gateway.add("site-9", "dev-new"),
+        gateway.remove("dev-6"),
+        gateway.add("site-2", "dev-6"),
+    ]
+    fleet._entries = _NoIterationDict(fleet._entries)
+
+    for delta in deltas:
+        fleet.merge(delta)
+    # dict.items bypasses the override, so the plain copy can be compared.
+    fleet._entries = dict(dict.items(fleet._entries))
+
+    assert fleet == gateway
+
+
 # Summary
 
 

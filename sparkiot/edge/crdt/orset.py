@@ -10,13 +10,22 @@ arriving in any order, duplicated, or after a gap.
 
 Limits: each replica id must have a single writer, because two writers under one id mint the
 same dots. The context grows with the number of replica ids, not with the number of operations,
-once the deltas of each replica have all arrived. A merge costs time linear in the size of
-both states.
+once the deltas of each replica have all arrived.
+
+Cost of ``a.merge(b)``: time linear in the size of ``b``, not of ``a``. The merge visits the dots
+in the entries and in the cloud of ``b`` and, for each version vector entry of ``b``, the
+smaller of that entry and the number of live dots of that replica in ``a``. To that add the
+counters by which the version vector of ``a`` rises and, amortized, the cloud dots of ``a`` that
+move into its vector. A delta of one ``add`` or ``remove`` contains a few dots, so merging it
+takes the same time whatever the size of ``a``. Merging a full state ``b`` may still visit
+every live dot of ``a``, because ``b`` may have removed any of them. An index from dot to
+element, kept beside the entries and rebuilt on copy and decode, finds the dots of ``a`` that
+``b`` has observed without a scan of ``a``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Self
 
 from sparkiot.edge.crdt.base import check_replica, check_same_type
@@ -52,17 +61,35 @@ class CausalContext:
         return largest
 
     def add(self, dot: Dot) -> None:
-        """Add one dot and compact."""
-        self.cloud.add(dot)
-        self._compact()
+        """Add one dot, keeping the canonical form."""
+        if dot not in self:
+            self.cloud.add(dot)
+            self._absorb(dot[0])
 
     def merge(self, other: CausalContext) -> None:
-        """Add every dot of ``other`` and compact."""
+        """Add every dot of ``other``, keeping the canonical form.
+
+        Costs time linear in the size of ``other``, plus for each vector entry that rises the
+        smaller of the rise and the cloud size, plus the cloud dots absorbed into the vector.
+        A cloud dot is absorbed at most once, so that last part is amortized over the merges
+        that added those dots.
+        """
+        if other is self:
+            return
+
+        changed: set[str] = set()
         for replica, counter in other.version_vector.items():
-            if counter > self.version_vector.get(replica, 0):
+            known = self.version_vector.get(replica, 0)
+            if counter > known:
                 self.version_vector[replica] = counter
-        self.cloud |= other.cloud
-        self._compact()
+                self._discard_cloud_range(replica, known, counter)
+                changed.add(replica)
+        for dot in other.cloud:
+            if dot not in self:
+                self.cloud.add(dot)
+                changed.add(dot[0])
+        for replica in changed:
+            self._absorb(replica)
 
     def copy(self) -> CausalContext:
         """Return an independent copy."""
@@ -82,6 +109,28 @@ class CausalContext:
             elif counter > known:
                 remaining.add((replica, counter))
         self.cloud = remaining
+
+    def _absorb(self, replica: str) -> None:
+        # Moves the cloud dots that continue the vector entry of ``replica`` into the entry.
+        counter = self.version_vector.get(replica, 0)
+        while (replica, counter + 1) in self.cloud:
+            counter += 1
+            self.cloud.remove((replica, counter))
+        if counter:
+            self.version_vector[replica] = counter
+
+    def _discard_cloud_range(self, replica: str, previous: int, counter: int) -> None:
+        # Called after the vector entry of ``replica`` rose from ``previous`` to ``counter``. The
+        # canonical form kept only dots above ``previous`` in the cloud, so the dots now covered
+        # are those in (previous, counter]. The loop walks that range or the cloud, whichever is
+        # shorter.
+        if not self.cloud:
+            return
+        if counter - previous <= len(self.cloud):
+            for covered in range(previous + 1, counter + 1):
+                self.cloud.discard((replica, covered))
+        else:
+            self.cloud = {dot for dot in self.cloud if dot[0] != replica or dot[1] > counter}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, CausalContext):
@@ -113,12 +162,15 @@ class ORSet(WireCodec):
     (['valve-7'], ['valve-7'])
     """
 
-    __slots__ = ("_entries", "_context")
+    __slots__ = ("_entries", "_context", "_owners")
 
     def __init__(self) -> None:
         """Create an empty set."""
         self._entries: dict[str, set[Dot]] = {}
         self._context = CausalContext()
+        # The inverse of ``_entries``: replica -> counter -> element, for every live dot. It is
+        # derived state, so the encoding leaves it out, and decoding and ``copy`` rebuild it.
+        self._owners: dict[str, dict[int, str]] = {}
 
     def add(self, replica: str, element: str) -> ORSet:
         """Add ``element`` on behalf of ``replica`` and return the delta.
@@ -131,12 +183,12 @@ class ORSet(WireCodec):
         _check_element(element)
 
         dot = (replica, self._context.max_counter(replica) + 1)
-        superseded = self._entries.get(element, set())
-        self._entries[element] = {dot}
+        superseded = self._pop_element(element)
+        self._insert(element, dot)
         self._context.add(dot)
 
         delta = ORSet()
-        delta._entries[element] = {dot}
+        delta._insert(element, dot)
         delta._context = CausalContext(superseded | {dot})
         return delta
 
@@ -147,7 +199,7 @@ class ORSet(WireCodec):
         Removing an absent element changes nothing and returns an empty delta.
         """
         _check_element(element)
-        observed = self._entries.pop(element, None)
+        observed = self._pop_element(element)
 
         delta = ORSet()
         if observed:
@@ -155,18 +207,33 @@ class ORSet(WireCodec):
         return delta
 
     def merge(self, other: ORSet) -> None:
-        """Join ``other`` into this set (see the module docstring for the rule)."""
-        check_same_type(self, other)
+        """Join ``other`` into this set (see the module docstring for the rule and the cost).
 
-        for element in self._entries.keys() | other._entries.keys():
-            mine = self._entries.get(element, set())
-            theirs = other._entries.get(element, set())
-            kept = (mine & theirs) | {dot for dot in mine - theirs if dot not in other._context}
-            kept |= {dot for dot in theirs - mine if dot not in self._context}
-            if kept:
-                self._entries[element] = kept
-            else:
-                self._entries.pop(element, None)
+        Per element, the join keeps the dots both sides have, the dots of this side that
+        ``other`` has never observed, and the dots of ``other`` that this side has never
+        observed. Only the dots that ``other``'s context or entries contain can change, so the
+        merge visits those and leaves the rest of this set untouched.
+        """
+        check_same_type(self, other)
+        if other is self:
+            return
+
+        # A dot of this side that ``other`` has observed but does not contain was removed there.
+        removed = [
+            (element, dot)
+            for element, dot in self._live_dots_in(other._context)
+            if dot not in other._entries.get(element, ())
+        ]
+        for element, dot in removed:
+            self._discard(element, dot)
+
+        # A dot of ``other`` that this side has never observed is a new add. Every dot in the
+        # entries of this side is in its context, so a dot of ``other`` that this side has
+        # observed is either here already or was removed here.
+        for element, dots in other._entries.items():
+            for dot in dots:
+                if dot not in self._context:
+                    self._insert(element, dot)
 
         self._context.merge(other._context)
 
@@ -190,11 +257,63 @@ class ORSet(WireCodec):
         clone = type(self)()
         clone._entries = {element: set(dots) for element, dots in self._entries.items()}
         clone._context = self._context.copy()
+        clone._owners = {replica: dict(counters) for replica, counters in self._owners.items()}
         return clone
 
     def is_empty(self) -> bool:
         """Return True for the bottom element: no element and no observed dot."""
         return not self._entries and not self._context.version_vector and not self._context.cloud
+
+    def _insert(self, element: str, dot: Dot) -> None:
+        self._entries.setdefault(element, set()).add(dot)
+        replica, counter = dot
+        self._owners.setdefault(replica, {})[counter] = element
+
+    def _discard(self, element: str, dot: Dot) -> None:
+        dots = self._entries[element]
+        dots.remove(dot)
+        if not dots:
+            del self._entries[element]
+        self._forget_owner(dot)
+
+    def _pop_element(self, element: str) -> set[Dot]:
+        # Removes ``element`` and returns its dots, an empty set when it is absent.
+        dots = self._entries.pop(element, set())
+        for dot in dots:
+            self._forget_owner(dot)
+        return dots
+
+    def _forget_owner(self, dot: Dot) -> None:
+        replica, counter = dot
+        counters = self._owners[replica]
+        del counters[counter]
+        if not counters:
+            del self._owners[replica]
+
+    def _live_dots_in(self, context: CausalContext) -> Iterator[tuple[str, Dot]]:
+        """Yield ``(element, dot)`` for every live dot of this set that ``context`` contains.
+
+        Costs time linear in the cloud of ``context``, plus for each of its vector entries the
+        smaller of that entry and the number of live dots of that replica here.
+        """
+        for replica, counter in context.cloud:
+            element = self._owners.get(replica, {}).get(counter)
+            if element is not None:
+                yield element, (replica, counter)
+
+        for replica, observed in context.version_vector.items():
+            counters = self._owners.get(replica)
+            if not counters:
+                continue
+            if observed < len(counters):
+                for counter in range(1, observed + 1):
+                    element = counters.get(counter)
+                    if element is not None:
+                        yield element, (replica, counter)
+            else:
+                for counter, element in counters.items():
+                    if counter <= observed:
+                        yield element, (replica, counter)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
@@ -253,7 +372,6 @@ class ORSet(WireCodec):
         }
         state._context.merge(_vector_context(vector))
 
-        owners: dict[Dot, str] = {}
         for element, flat_dots in reader.mapping(entries, "entries", allow_empty_keys=True).items():
             element_dots = set(dots(flat_dots, f"entries[{element!r}]"))
             if not element_dots:
@@ -261,8 +379,10 @@ class ORSet(WireCodec):
             for dot in element_dots:
                 if dot not in state._context:
                     raise reader.error(f"entries[{element!r}]", f"contains dot {dot}, which is missing from the causal context")
-                if owners.setdefault(dot, element) != element:
-                    raise reader.error(f"entries[{element!r}]", f"contains dot {dot}, which element {owners[dot]!r} contains too")
+                replica, counter = dot
+                owner = state._owners.setdefault(replica, {}).setdefault(counter, element)
+                if owner != element:
+                    raise reader.error(f"entries[{element!r}]", f"contains dot {dot}, which element {owner!r} contains too")
             state._entries[element] = element_dots
         return state
 
