@@ -547,6 +547,7 @@ _PLAIN = st.text(alphabet="ab=, 1.0i\tu#-eEtf", max_size=24)
 
 @settings(max_examples=300, deadline=None)
 @given(line=_PLAIN)
+@example(line="0 0=0  ")
 def test_fast_path_agrees_with_slow_path(line):
     fast = _parse_fast(line)
     try:

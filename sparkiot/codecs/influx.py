@@ -408,7 +408,10 @@ def _parse_slow(line: str) -> tuple[str, dict[str, str], list[tuple[str, str]], 
             return measurement, tags, fields, None
         separator = line[position]
         if separator == " ":
-            return measurement, tags, fields, line[position + 1 :]
+            ts_text = line[position + 1 :]
+            if ts_text[:1] == " ":
+                raise _LineError("more than one space after the field set: separate the timestamp with one space")
+            return measurement, tags, fields, ts_text
         if separator != ",":
             raise _LineError(f"unexpected {separator!r} after the value of field {_shorten(key)}")
         position += 1
