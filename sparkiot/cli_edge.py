@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -39,8 +40,16 @@ def cmd_edge(args) -> int:
             print(f"error: {exc}; pass a free port with --local-port, or a running broker with --local-broker", file=sys.stderr)
             return 2
         local_url = broker.url
+        # amqtt speaks MQTT 3.1.1 only.
+        config = config.model_copy(update={"local": config.local.model_copy(update={"protocol": "3.1.1"})})
         print(f"embedded local broker on {local_url}; devices publish there")
-    agent = EdgeAgent(config, local_url=local_url)
+    try:
+        agent = EdgeAgent(config, local_url=local_url)
+    except (OSError, sqlite3.DatabaseError) as exc:
+        print(f"error: cannot open the agent's store in {config.data_dir}: {exc}; check data_dir", file=sys.stderr)
+        if broker is not None:
+            broker.stop()
+        return 2
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
@@ -48,7 +57,7 @@ def cmd_edge(args) -> int:
     finally:
         if broker is not None:
             broker.stop()
-    stats = agent.stats()
+    stats = agent.final_stats
     print(
         f"site {config.site}: {stats.get('readings', 0)} readings admitted, {stats.get('forwarded_readings', 0)} forwarded, "
         f"{stats['buffer_readings']} buffered, {stats.get('alerts_raised', 0)} alerts raised, "
@@ -58,12 +67,14 @@ def cmd_edge(args) -> int:
 
 
 def cmd_sync_service(args) -> int:
+    from sparkiot.config import check_topic_name
     from sparkiot.edge.service import SyncService
     from sparkiot.ingest.mqtt_client import parse_broker_url
     from sparkiot.state.crdt_store import open_store
 
     try:
         parse_broker_url(args.broker)
+        check_topic_name(args.topic_prefix, "--topic-prefix")
         store = open_store(args.store, default_path=Path(args.data_dir) / "state.sqlite")
     except (ValueError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -84,11 +95,14 @@ def cmd_fleet(args) -> int:
     from sparkiot.state.crdt_store import describe, open_store
 
     try:
-        store = open_store(args.store, default_path=Path(args.data_dir) / "state.sqlite")
+        store = open_store(args.store, default_path=Path(args.data_dir) / "state.sqlite", must_exist=True)
     except (ValueError, ConnectionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.site and args.site not in store.sites():
+            print(f"error: no site {args.site!r} in the store; known sites: {', '.join(store.sites()) or 'none yet'}", file=sys.stderr)
+            return 1
         if args.site:
             document = {"site": args.site, "versions": store.versions(args.site), "state": describe(store.site_state(args.site))}
         else:

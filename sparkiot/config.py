@@ -144,14 +144,24 @@ class SourceConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if value == "embedded":
-            return value
-        if value.startswith("mqtts://"):
-            raise ValueError(f"invalid broker {value!r}: TLS (mqtts://) is not supported yet; use mqtt://HOST:PORT")
-        match = re.fullmatch(r"mqtt://[^:/\s]+(?::(\d+))?/?", value)
-        if not match or (match.group(1) and not 0 < int(match.group(1)) < 65536):
-            raise ValueError(f"invalid broker {value!r}: use 'embedded' or a URL such as 'mqtt://127.0.0.1:1883'")
-        return value
+        return value if value == "embedded" else check_broker_url(value, alternative="'embedded' or ")
+
+
+def check_broker_url(value: str, *, alternative: str = "") -> str:
+    """Return ``value`` when it is ``mqtt://HOST[:PORT]``; raise ValueError naming the fix otherwise."""
+    if value.startswith("mqtts://"):
+        raise ValueError(f"invalid broker {value!r}: TLS (mqtts://) is not supported yet; use mqtt://HOST:PORT")
+    match = re.fullmatch(r"mqtt://[^:/\s]+(?::(\d+))?/?", value)
+    if not match or (match.group(1) and not 0 < int(match.group(1)) < 65536):
+        raise ValueError(f"invalid broker {value!r}: use {alternative}a URL such as 'mqtt://127.0.0.1:1883'")
+    return value
+
+
+def check_topic_name(value: str, what: str) -> str:
+    """Return ``value`` when it can be published to: not empty and without wildcards; raise ValueError otherwise."""
+    if not value or "+" in value or "#" in value or "\0" in value:
+        raise ValueError(f"{what} {value!r} must be a topic name without wildcards (+ or #), such as 'sparkiot/alerts'")
+    return value
 
 
 # Characters that may end a SenML base name or split a name into device and metric.

@@ -92,6 +92,10 @@ class Reason(str, Enum):
     INVALID_LINE_PROTOCOL = "invalid_line_protocol"
     UNKNOWN_ALIAS = "unknown_alias"
     UNSUPPORTED_VALUE_TYPE = "unsupported_value_type"
+    # A finite value the edge agent's aggregates cannot hold (its square overflows a double).
+    VALUE_OUT_OF_RANGE = "value_out_of_range"
+    # The edge agent failed on a decoded reading; the reading is kept instead of stopping the agent.
+    PROCESSING_ERROR = "processing_error"
 
 
 _TS = pa.timestamp("us", tz="UTC")

@@ -97,3 +97,23 @@ def test_kept_dead_letters_are_bounded_oldest_first(tmp_path):
     store.put_dead_letters(letters, keep=3)
     store.commit()
     assert [row[2] for row in store.dead_letters()] == ["bad 2", "bad 3", "bad 4"]
+
+
+def test_state_keys_escape_slashes():
+    from sparkiot.edge.state import EdgeState
+    from sparkiot.readings import Reading
+
+    state = EdgeState("r")
+    state.observe([Reading("a/b", "c", 1, 1.0, None, "s", "1", 0, "t"), Reading("a", "b/c", 1, 100.0, None, "s", "2", 0, "t")])
+
+    assert state.state.get("summary/a%2Fb/c").value().max == 1.0
+    assert state.state.get("summary/a/b%2Fc").value().max == 100.0
+
+
+def test_protocol_rejects_huge_sequence_numbers():
+    import pytest
+
+    from sparkiot.edge import protocol
+
+    with pytest.raises(protocol.ProtocolError, match="must be an integer from 0 to 2"):
+        protocol.decode_hello(protocol.encode_hello("r", 2**62))

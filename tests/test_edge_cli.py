@@ -53,3 +53,41 @@ def test_fleet_prints_merged_state(tmp_path):
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
         rows = db.execute("SELECT scope, kind, value FROM crdt_state WHERE key = 'readings' ORDER BY scope").fetchall()
     assert rows == [("*", "GCounter", "7"), ("north", "GCounter", "3"), ("south", "GCounter", "4")]
+
+
+def test_fleet_missing_store_is_an_error(tmp_path):
+    result = sparkiot("fleet", "--data-dir", str(tmp_path / "absent"))
+
+    assert result.returncode == 2
+    assert "no state store at" in result.stderr.decode()
+    assert not (tmp_path / "absent").exists()
+
+
+def test_fleet_unknown_site_is_an_error(tmp_path):
+    SqliteCrdtStore(tmp_path / "state.sqlite").close()
+
+    result = sparkiot("fleet", "--data-dir", str(tmp_path), "--site", "nowhere")
+
+    assert result.returncode == 1
+    assert "no site 'nowhere' in the store" in result.stderr.decode()
+
+
+def test_store_keeps_other_keys_when_one_cannot_join(tmp_path):
+    from sparkiot.edge.crdt import QuantileSketch
+    from sparkiot.state.crdt_store import Rejected
+
+    store = SqliteCrdtStore(tmp_path / "state.sqlite")
+    first = CrdtMap()
+    first.update("q", QuantileSketch, lambda sketch: sketch.add("a", 1.0), factory=lambda: QuantileSketch(0.01))
+    store.apply("s", "a", [DecodedGroup(0, 1, first)])
+    second = CrdtMap()
+    second.update("q", QuantileSketch, lambda sketch: sketch.add("b", 2.0), factory=lambda: QuantileSketch(0.02))
+    second.update("readings", GCounter, lambda counter: counter.inc("b", 5))
+    rejected: list[Rejected] = []
+
+    versions = store.apply("s", "b", [DecodedGroup(0, 1, second)], rejected)
+
+    assert versions == {"a": 1, "b": 1}
+    assert [(item.scope, item.key) for item in rejected] == [("s", "q"), ("*", "q")]
+    assert store.site_state("s").get("readings").value() == 5
+    assert store.site_state("s").get("q").count() == 1

@@ -59,7 +59,7 @@ def test_partition_converges_exactly_once(spark, tmp_path, unique, mosquitto, re
             publish_readings(mosquitto, unique, "south", rounds[2][1])
             for edge in (north_edge, south_edge):
                 wait_for(lambda: edge.agent.store.totals()[0] == 0, 30, f"{edge.agent.site}'s buffer to drain")
-                wait_for(lambda: redis_store.versions(edge.agent.site).get(edge.agent.site) == edge.agent.stats()["seq"], 30,
+                wait_for(lambda: redis_store.versions(edge.agent.site).get(edge.agent.replica) == edge.agent.stats()["seq"], 30,
                          f"{edge.agent.site}'s deltas to be acknowledged")
             assert south_edge.agent.uplink.counters["uplink_disconnects"] >= 1
             total = len(north) + len(south)

@@ -97,6 +97,12 @@ def test_downsample_applies_to_matched_series_only():
         ({"buffer": {"max_bytes": "lots"}}, "buffer.max_bytes"),
         ({"upstream": {"broker": "http://x"}}, "upstream.broker"),
         ({"sync": {"resend": "5s"}}, "unknown option: check the spelling against examples/edge.yaml"),
+        ({"rules": {"alert_topic": "alerts/#"}}, "rules.alert_topic 'alerts/#' must be a topic name without wildcards"),
+        ({"upstream": {"topic": "up/+/readings"}}, "upstream.topic 'up/+/readings' must be a topic name"),
+        ({"upstream": {"broker": "embedded"}}, "use 'none' or a URL such as 'mqtt://127.0.0.1:1883'"),
+        ({"sync": {"topic_prefix": "a/#"}}, "sync.topic_prefix"),
+        ({"buffer": {"max_bytes": 0}}, "buffer.max_bytes"),
+        ({"rules": {"filters": [{"drop_above": float("nan")}]}}, "limit nan is not a finite number"),
     ],
 )
 def test_invalid_edge_config_names_the_field(raw, message):

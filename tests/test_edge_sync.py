@@ -81,7 +81,7 @@ def test_agent_forwards_and_syncs_all(tmp_path, unique, mosquitto):
     try:
         with SyncThread(store, mosquitto, unique), EdgeThread(config, local=mosquitto) as edge:
             publish_readings(mosquitto, unique, "site-a", readings)
-            wait_for(lambda: store.versions("site-a").get("site-a", 0) >= 1 and
+            wait_for(lambda: store.versions("site-a").get(edge.agent.replica, 0) >= 1 and
                      store.site_state("site-a").get("readings") is not None and
                      store.site_state("site-a").get("readings").value() == len(readings), 30, "the cloud state to hold every reading")
             wait_for(lambda: len(forwarded_msg_ids(collector.payloads)) >= len(readings), 30, "every reading upstream")
@@ -89,8 +89,9 @@ def test_agent_forwards_and_syncs_all(tmp_path, unique, mosquitto):
             assert edge.agent.stats()["forwarded_readings"] == len(readings)
     finally:
         collector.close()
-    assert sorted(forwarded_msg_ids(collector.payloads)) == sorted(set(forwarded_msg_ids(collector.payloads)))
-    assert len(forwarded_msg_ids(collector.payloads)) == len(readings)
+    sent_ids = forwarded_msg_ids(collector.payloads)
+    assert len(set(sent_ids)) == len(sent_ids) == len(readings)
+    assert all(msg_id.startswith("site-a:") for msg_id in sent_ids)
     assert_state_matches(store.site_state("site-a"), expected_state(readings))
     # The fleet view of one site is that site's state.
     assert store.fleet_state() == store.site_state("site-a")
@@ -121,17 +122,18 @@ def test_alerts_published_on_transitions(tmp_path, unique, mosquitto):
 def test_agent_keeps_dead_letters(tmp_path, unique, mosquitto):
     config = edge_config(tmp_path, unique, "site-c", local=mosquitto, upstream="none")
     now_us = time.time_ns() // 1000
-    bad = [b"{not json", json.dumps({"device_id": "d", "metric": "m", "ts": now_us, "value": "high"}).encode(), b""]
+    bad = [b"{not json", json.dumps({"device_id": "d", "metric": "m", "ts": now_us, "value": "high"}).encode(), b"",
+           json.dumps({"device_id": "d", "metric": "m", "ts": now_us, "value": 1e200}).encode()]
     with EdgeThread(config, local=mosquitto, wait_uplink=False) as edge:
         publish_payloads(mosquitto, [(f"it/{unique}/site-c/sensors/d", payload) for payload in bad]
                          + [(f"it/{unique}/site-c/sensors/d", reading_payload("d", "m", now_us, 1.0))])
-        wait_for(lambda: edge.agent.counters["messages"] == 4, 10, "four messages processed")
+        wait_for(lambda: edge.agent.counters["messages"] == 5, 10, "five messages processed")
         reasons = sorted(row[0] for row in edge.agent.store.dead_letters())
         state = edge.agent.state.state
         by_reason = edge.agent.stats()["dead_letters_by_reason"]
-    assert reasons == ["empty_payload", "invalid_json", "non_numeric_value"]
-    assert (state.get("dead_letters").value(), state.get("readings").value()) == (3, 1)
-    assert by_reason == {"empty_payload": 1, "invalid_json": 1, "non_numeric_value": 1}
+    assert reasons == ["empty_payload", "invalid_json", "non_numeric_value", "value_out_of_range"]
+    assert (state.get("dead_letters").value(), state.get("readings").value()) == (4, 1)
+    assert by_reason == {"empty_payload": 1, "invalid_json": 1, "non_numeric_value": 1, "value_out_of_range": 1}
 
 
 def test_sync_repairs_empty_cloud_store(tmp_path, unique, mosquitto):
@@ -146,7 +148,7 @@ def test_sync_repairs_empty_cloud_store(tmp_path, unique, mosquitto):
     second = SqliteCrdtStore(tmp_path / "second.sqlite")
     with SyncThread(second, mosquitto, unique), EdgeThread(config, local=mosquitto) as edge:
         publish_readings(mosquitto, unique, "site-d", readings[10:])
-        wait_for(lambda: second.versions("site-d").get("site-d", -1) == edge.agent.stats()["seq"], 20,
+        wait_for(lambda: second.versions("site-d").get(edge.agent.replica, -1) == edge.agent.stats()["seq"], 20,
                  "the new cloud store to catch up")
         assert edge.agent.stats()["full_state_syncs"] >= 1
     assert_state_matches(second.site_state("site-d"), expected_state(readings))
@@ -161,9 +163,11 @@ def test_sync_restores_agent_lost_disk(tmp_path, unique, mosquitto):
     with SyncThread(store, mosquitto, unique):
         with EdgeThread(config, local=mosquitto) as edge:
             publish_readings(mosquitto, unique, "site-e", readings[:10])
-            wait_for(lambda: store.versions("site-e").get("site-e") == edge.agent.stats()["seq"] > 0, 20, "the first sync")
+            wait_for(lambda: store.versions("site-e").get(edge.agent.replica) == edge.agent.stats()["seq"] > 0, 20, "the first sync")
+        first_replica = edge.agent.replica
         shutil.rmtree(config.data_path)
         with EdgeThread(config, local=mosquitto) as edge:
+            assert edge.agent.replica != first_replica
             wait_for(lambda: edge.agent.uplink.counters["cloud_states_received"] == 1, 20, "the cloud's state at the edge")
             publish_readings(mosquitto, unique, "site-e", readings[10:])
             wait_for(lambda: store.site_state("site-e").get("readings").value() == len(readings), 20, "every reading in the cloud")
@@ -305,3 +309,17 @@ def test_backlog_drain_rate_and_order(tmp_path, unique, mosquitto):
     # 200 readings at 100 per second from an empty token bucket: about 2 s from first to last.
     assert old[-1][0] - old[0][0] >= 1.5
     assert max(new) < old[-1][0]
+
+
+def test_agent_started_before_sync_service_syncs(tmp_path, unique, mosquitto):
+    """The first hello finds no service; the agent repeats it until one answers."""
+    config = edge_config(tmp_path, unique, "site-h", local=mosquitto, upstream=mosquitto)
+    readings = make_readings(1, 5, start_us=time.time_ns() // 1000 - 60 * SECOND_US)
+    store = SqliteCrdtStore(tmp_path / "state.sqlite")
+    with EdgeThread(config, local=mosquitto) as edge:
+        publish_readings(mosquitto, unique, "site-h", readings)
+        wait_for(lambda: edge.agent.counters["readings"] == 5, 10, "five readings at the edge")
+        with SyncThread(store, mosquitto, unique):
+            wait_for(lambda: store.versions("site-h").get(edge.agent.replica) == edge.agent.stats()["seq"], 20, "the sync")
+        assert edge.agent.uplink.counters["hello_resends"] >= 1
+    assert_state_matches(store.site_state("site-h"), expected_state(readings))

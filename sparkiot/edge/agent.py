@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from collections import Counter
@@ -65,8 +66,9 @@ class EdgeAgent:
         self.alert_topic = config.topic(config.rules.alert_topic)
         self.store_path = config.data_path / "edge.sqlite"
         self.store = EdgeStore(self.store_path, durability=config.buffer.durability)
+        self.replica = self._replica_id()
         self.state = EdgeState(
-            config.replica,
+            self.replica,
             relative_accuracy=config.sync.sketch_relative_accuracy,
             state=CrdtMap.from_entries(self.store.entries()),
         )
@@ -78,10 +80,26 @@ class EdgeAgent:
         self._stop = threading.Event()
         self._client: mqtt.Client | None = None
         self._last_stats = 0.0
+        self.final_stats: dict = {}
         self._connect_failures = 0
         self.uplink = None
         if config.upstream.broker != "none":
-            self.uplink = Uplink(config, self.store_path, on_cloud_state=lambda seq, data: self._cloud_states.put((seq, data)))
+            self.uplink = Uplink(config, self.store_path, replica=self.replica,
+                                 on_cloud_state=lambda seq, data: self._cloud_states.put((seq, data)))
+
+    def _replica_id(self) -> str:
+        """Return this store's replica id: the configured one plus an incarnation drawn when the store is new.
+
+        A gateway that lost its disk starts a new incarnation. Its counts then add to the old
+        replica's instead of being hidden under the old replica's larger ones by the join.
+        """
+        incarnation = self.store.get_meta("incarnation", -1)
+        if incarnation < 0:
+            incarnation = secrets.randbits(32)
+            self.store.begin()
+            self.store.set_meta("incarnation", incarnation)
+            self.store.commit()
+        return f"{self.config.replica}.{incarnation:08x}"
 
     # -- local MQTT callbacks (paho network thread) -----------------------------------------
 
@@ -153,6 +171,7 @@ class EdgeAgent:
             if self.uplink is not None:
                 self.uplink.stop()
             self._write_stats(force=True)
+            self.final_stats = self.stats()
             self.store.close()
             log.info("edge agent stopped after %d messages", self.counters["messages"])
 
@@ -189,23 +208,35 @@ class EdgeAgent:
             decoded = self._decode(message, received_us)
             dead.extend(decoded.dead_letters)
             for reading in decoded.readings:
-                reading = reading._replace(site=self.site)
-                if not self.rules.admit(reading):
-                    self.counters["filtered"] += 1
+                # The site scopes msg_id, so equal payload ids of two gateways stay two readings upstream.
+                reading = reading._replace(site=self.site, msg_id=f"{self.site}:{reading.msg_id}")
+                try:
+                    outcome = self._apply_rules(reading)
+                except ValueError as exc:
+                    dead.append(self._reading_dead_letter(reading, Reason.VALUE_OUT_OF_RANGE, str(exc), received_us))
                     continue
-                for transition in self.rules.evaluate(reading):
+                except Exception as exc:  # noqa: BLE001 - one reading must not stop the gateway
+                    self.counters["processing_errors"] += 1
+                    if self.counters["processing_errors"] <= 10:
+                        log.exception("processing failed on reading %s of %s/%s; kept as a dead letter",
+                                      reading.msg_id, reading.device_id, reading.metric)
+                    dead.append(self._reading_dead_letter(reading, Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}", received_us))
+                    continue
+                if outcome is None:
+                    continue
+                transitions, forward = outcome
+                for transition in transitions:
                     self._client.publish(self.alert_topic, json.dumps(transition.document()), qos=1)
                     if transition.state == "raised":
                         raised += 1
                     else:
                         cleared += 1
                 admitted.append(reading)
-                if self.rules.forward(reading):
+                if forward:
                     forwarded.append(reading)
                 else:
                     self.counters["downsampled"] += 1
 
-        self.state.observe(admitted)
         self.state.count_dead_letters(len(dead))
         self.state.alert_transitions(raised, cleared)
         self._commit(forwarded, dead, received_us)
@@ -222,6 +253,23 @@ class EdgeAgent:
         self.counters["dead_letters"] += len(dead)
         for letter in dead:
             self.dead_letter_reasons[letter.reason] += 1
+
+    def _apply_rules(self, reading: Reading):
+        """Return None for a filtered reading, else its alert transitions and whether it goes upstream.
+
+        Raises ValueError, with nothing changed, when the aggregates cannot hold the value.
+        """
+        if not self.rules.admit(reading):
+            self.counters["filtered"] += 1
+            return None
+        self.state.observe_one(reading)
+        return self.rules.evaluate(reading), self.rules.forward(reading)
+
+    @staticmethod
+    def _reading_dead_letter(reading: Reading, reason: Reason, detail: str, received_us: int) -> DeadLetter:
+        raw = json.dumps({"device_id": reading.device_id, "metric": reading.metric, "ts_us": reading.ts_us,
+                          "value": reading.value}).encode()
+        return DeadLetter(raw, len(raw), reading.source, reason.value, detail[:500], received_us)
 
     def _decode(self, message: mqtt.MQTTMessage, received_us: int) -> Decoded:
         try:

@@ -23,6 +23,8 @@ from sparkiot.config import (
     Seconds,
     SourceConfig,
     _Section,
+    check_broker_url,
+    check_topic_name,
     read_yaml_mapping,
     validate_model,
 )
@@ -47,6 +49,13 @@ class FilterRule(_Section):
     drop: bool = Field(default=False, description="drop every reading of the matched series")
     drop_below: float | None = Field(default=None, description="drop readings below this value (a sensor's valid range)")
     drop_above: float | None = None
+
+    @field_validator("drop_below", "drop_above")
+    @classmethod
+    def _check_finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"limit {value} is not a finite number")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> "FilterRule":
@@ -111,6 +120,11 @@ class RulesConfig(_Section):
     downsample: list[DownsampleRule] = []
     alert_topic: str = Field(default="sparkiot/edge/{site}/alerts", description="local topic of alerts; {site} is replaced")
 
+    @field_validator("alert_topic")
+    @classmethod
+    def _check_alert_topic(cls, value: str) -> str:
+        return check_topic_name(value, "rules.alert_topic")
+
     @field_validator("alerts")
     @classmethod
     def _check_unique(cls, value: list[AlertRule]) -> list[AlertRule]:
@@ -137,17 +151,25 @@ class UpstreamConfig(_Section):
     @field_validator("broker")
     @classmethod
     def _check_broker(cls, value: str) -> str:
-        if value == "none":
-            return value
-        SourceConfig.model_validate({"broker": value})
-        return value
+        return value if value == "none" else check_broker_url(value, alternative="'none' or ")
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str) -> str:
+        return check_topic_name(value, "upstream.topic")
+
+    @model_validator(mode="after")
+    def _check_reconnect(self) -> "UpstreamConfig":
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError(f"upstream.reconnect_min ({self.reconnect_min:g}s) exceeds upstream.reconnect_max ({self.reconnect_max:g}s)")
+        return self
 
 
 class BufferConfig(_Section):
     """The on-disk store-and-forward buffer (SQLite in the data directory)."""
 
-    max_bytes: Bytes = Field(default=256 * 1024**2, description="payload bytes kept while the uplink is down")
-    max_age: Seconds = Field(default=7 * 86400.0, description="forwarded messages older than this are dropped and counted")
+    max_bytes: Bytes = Field(default=256 * 1024**2, ge=1024, description="payload bytes kept while the uplink is down, at least 1KiB")
+    max_age: Seconds = Field(default=7 * 86400.0, gt=0, description="forwarded messages older than this are dropped and counted")
     overflow: Literal["drop_oldest", "refuse_new"] = "drop_oldest"
     drain_rate: float = Field(default=5000.0, gt=0, description="readings per second sent from the backlog after a reconnect")
     durability: Literal["full", "normal"] = Field(
@@ -162,11 +184,27 @@ class SyncConfig(_Section):
 
     enabled: bool = True
     topic_prefix: str = "sparkiot/sync"
-    replica: str | None = Field(default=None, description="this agent's replica id in every CRDT; default: the site")
+    replica: str | None = Field(
+        default=None, description="prefix of this agent's replica id in every CRDT (default: the site); each new store adds an incarnation"
+    )
     resend_after: Seconds = Field(default=5.0, description="deltas not acknowledged within this time are sent again")
     max_message_bytes: Bytes = 256 * 1024
     max_pending_deltas: int = Field(default=1000, ge=2, description="unacknowledged delta groups kept before they are joined into one")
-    sketch_relative_accuracy: float = Field(default=0.01, gt=0, lt=1)
+    sketch_relative_accuracy: float = Field(
+        default=0.01, gt=0, lt=1, description="every agent of a fleet must use the same value, or the cloud cannot merge the sketches"
+    )
+
+    @field_validator("replica")
+    @classmethod
+    def _check_replica(cls, value: str | None) -> str | None:
+        if value is not None and not _SITE_RE.fullmatch(value):
+            raise ValueError(f"replica {value!r} must be 1-64 letters, digits, '_', '.' or '-'")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        return check_topic_name(value.rstrip("/"), "sync.topic_prefix")
 
 
 class EdgeConfig(_Section):

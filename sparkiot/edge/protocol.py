@@ -29,6 +29,9 @@ from typing import NamedTuple
 import cbor2
 
 MAX_REPLICA_LENGTH = 128
+# Sequence numbers stay far below SQLite's and Redis's 64-bit integer limit, so a forged huge
+# number cannot make the next one overflow.
+MAX_SEQ = 2**53
 
 
 class ProtocolError(ValueError):
@@ -87,8 +90,8 @@ def _replica(body: dict) -> str:
 
 
 def _seq(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
-        raise ProtocolError(f"{name} {value!r} must be a non-negative integer")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SEQ:
+        raise ProtocolError(f"{name} {str(value)[:40]} must be an integer from 0 to 2**53")
     return value
 
 

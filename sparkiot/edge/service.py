@@ -8,25 +8,32 @@ acknowledgement with the site's version vector (see :mod:`sparkiot.edge.protocol
 Messages are taken in batches: all groups of one replica in a batch are merged with one store
 transaction. A message that breaks the protocol, or whose state does not decode, is kept as a
 sync dead letter with a reason code (``invalid_sync_message``, ``invalid_crdt``,
-``crdt_type_conflict``, ``wrong_topic``), counted, and acknowledged, so it never blocks the
-others.
+``wrong_topic``), counted, and acknowledged, so it never blocks the others. A delta entry that
+cannot be joined with the stored one (another CRDT type, sketches of another accuracy) is left
+out as ``crdt_conflict`` while the rest of its group is merged. When the store cannot be
+reached, the batch waits unacknowledged and is tried again every second.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
+import re
+import sqlite3
 import threading
 from collections import Counter, defaultdict
 
 import paho.mqtt.client as mqtt
+import redis
 
 from sparkiot.edge import protocol
 from sparkiot.edge.crdt import CrdtDecodeError, CrdtMap
 from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
-from sparkiot.state.crdt_store import CrdtStore, DecodedGroup
+from sparkiot.state.crdt_store import FLEET, CrdtStore, DecodedGroup, Rejected
 
 log = logging.getLogger(__name__)
+
+SITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class SyncService:
@@ -121,7 +128,15 @@ class SyncService:
                 batch.append(self._messages.get_nowait())
             except queue.Empty:
                 break
-        self.process(batch)
+        try:
+            self.process(batch)
+        except Exception:  # noqa: BLE001 - a bug on one batch must not stop every site's sync
+            self.counters["process_errors"] += 1
+            log.exception("failed on a batch of %d sync messages; acknowledged without merging, the agents send them again",
+                          len(batch))
+            for message in batch:
+                if message.qos > 0:
+                    self._client.ack(message.mid, message.qos)
 
     def process(self, messages: list[mqtt.MQTTMessage]) -> None:
         """Merge a batch, acknowledge it to the broker, then send each site's agent its version vector."""
@@ -131,6 +146,9 @@ class SyncService:
             self.counters["messages"] += 1
             try:
                 site, kind = protocol.site_and_kind(self.prefix, message.topic)
+                if not SITE_NAME.fullmatch(site):
+                    self._reject(message, "wrong_topic", f"site {site!r} must be 1-64 letters, digits, '_', '.' or '-'")
+                    continue
                 if kind == "delta":
                     replica, received = protocol.decode_delta(message.payload)
                     decoded = [DecodedGroup(g.from_seq, g.to_seq, _decode_map(g.data)) for g in received]
@@ -148,49 +166,69 @@ class SyncService:
 
         answered: dict[str, dict[str, int]] = {}
         for (site, replica), site_groups in groups.items():
-            answered[site] = self._apply(site, replica, site_groups)
+            versions = self._with_store_retry(lambda: self._apply(site, replica, site_groups))
+            if versions is None:
+                return  # stopping: nothing acknowledged, so the broker delivers the batch again
+            answered[site] = versions
         for message in messages:
             if message.qos > 0:
                 self._client.ack(message.mid, message.qos)
 
         for (site, replica), seq in hellos.items():
-            versions = answered.get(site) or self.store.versions(site)
+            versions = answered.get(site) or self._with_store_retry(lambda: self.store.versions(site))
+            if versions is None:
+                return
             answered[site] = versions
-            if versions.get(replica, 0) > seq:
-                # The agent lost updates the cloud has (a new disk, a restored backup): send it the site's state.
-                state = self.store.site_state(site)
+            cloud_seq = versions.get(replica, 0)
+            # The agent lost updates the cloud has (a restored disk), or it starts empty as a new
+            # replica of a site the cloud knows (a new disk): either way it gets the site's state.
+            if cloud_seq > seq or (seq == 0 and replica not in versions and versions):
+                state = self._with_store_retry(lambda: self.store.site_state(site))
+                if state is None:
+                    return
                 self._client.publish(protocol.topic(self.prefix, site, "state"),
-                                     protocol.encode_state(replica, versions[replica], state.to_bytes()), qos=1)
+                                     protocol.encode_state(replica, cloud_seq, state.to_bytes()), qos=1)
                 self.counters["states_sent"] += 1
-                log.warning("site %s replica %s sent hello at seq %d, behind the cloud's %d; sent it the site's state",
-                            site, replica, seq, versions[replica])
+                log.info("site %s replica %s sent hello at seq %d, the cloud has %d; sent it the site's state",
+                         site, replica, seq, cloud_seq)
         for site, versions in answered.items():
             self._client.publish(protocol.topic(self.prefix, site, "ack"), protocol.encode_ack(versions), qos=1)
             self.counters["acks_sent"] += 1
 
     def _apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
-        try:
-            versions = self.store.apply(site, replica, groups)
-        except TypeError:
-            # One group's entry has another type than the stored one: apply the others one by one.
-            for group in groups:
-                try:
-                    self.store.apply(site, replica, [group])
-                except TypeError as exc:
-                    self.counters["rejected_crdt_type_conflict"] += 1
-                    self.store.put_dead_letter(
-                        topic=protocol.topic(self.prefix, site, "delta"), reason="crdt_type_conflict",
-                        detail=f"replica {replica} group ({group.from_seq}, {group.to_seq}]: {exc}", raw=group.delta.to_bytes(),
-                    )
-                    log.error("site %s replica %s: group (%d, %d] conflicts with the stored state: %s",
-                              site, replica, group.from_seq, group.to_seq, exc)
-            versions = self.store.versions(site)
+        rejected: list[Rejected] = []
+        versions = self.store.apply(site, replica, groups, rejected)
         self.counters["merges"] += 1
+        for item in rejected:
+            self.counters["rejected_crdt_conflict"] += 1
+            where = "the fleet view" if item.scope == FLEET else f"site {item.scope}"
+            detail = f"replica {replica}: key {item.key!r} cannot be joined into {where}: {item.error}"
+            self.store.put_dead_letter(topic=protocol.topic(self.prefix, site, "delta"), reason="crdt_conflict", detail=detail, raw=b"")
+            if self.counters["rejected_crdt_conflict"] <= 10:
+                log.error("%s; left out, the other entries were merged", detail)
         return versions
+
+    def _with_store_retry(self, action):
+        """Run ``action`` until the store answers; return None when the service stops first.
+
+        A store that cannot be reached (Redis down, SQLite locked) stops nothing: the batch waits,
+        unacknowledged, and the service tries again every second.
+        """
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                return action()
+            except (redis.RedisError, sqlite3.OperationalError, OSError) as exc:
+                failures += 1
+                self.counters["store_errors"] += 1
+                if failures % 30 == 1:
+                    log.warning("the state store failed (%s: %s); retrying every second", type(exc).__name__, exc)
+                self._stop.wait(1.0)
+        return None
 
     def _reject(self, message: mqtt.MQTTMessage, reason: str, detail: str) -> None:
         self.counters[f"rejected_{reason}"] += 1
-        self.store.put_dead_letter(topic=message.topic, reason=reason, detail=detail, raw=message.payload)
+        self._with_store_retry(lambda: self.store.put_dead_letter(topic=message.topic, reason=reason, detail=detail, raw=message.payload))
         if self.counters[f"rejected_{reason}"] <= 10:
             log.warning("rejected a sync message on %s (%s): %s", message.topic, reason, detail)
 

@@ -13,6 +13,9 @@ Every admitted reading updates these entries (the replica id is the agent's, by 
 | ``latest/DEVICE/METRIC`` | LWW-Register | the value of the reading processed last (hybrid logical clock) |
 | ``last_seen/DEVICE`` | max register | the newest event time of the device, in microseconds |
 
+A ``/`` or ``%`` inside a device id or metric is written ``%2F`` or ``%25`` in keys, so device
+``a/b`` with metric ``c`` and device ``a`` with metric ``b/c`` keep separate entries.
+
 The changes since the last :meth:`EdgeState.take_delta` accumulate in one map delta, which the
 agent stores and sends as one delta group. Each entry's full state is also kept, so that the
 agent can send the full state during anti-entropy when the cloud lost deltas.
@@ -32,6 +35,11 @@ from sparkiot.edge.crdt import (
     Summary,
 )
 from sparkiot.readings import Reading
+
+
+def _key_part(name: str) -> str:
+    """Escape ``/`` (and ``%``) in a device id or metric, so that keys of different series never collide."""
+    return name.replace("%", "%25").replace("/", "%2F")
 
 
 class EdgeState:
@@ -56,22 +64,30 @@ class EdgeState:
         return QuantileSketch(relative_accuracy=self.relative_accuracy)
 
     def observe(self, readings: list[Reading]) -> None:
-        """Fold admitted readings into the state."""
-        if not readings:
-            return
-        replica = self.replica
-        self._update("readings", GCounter, lambda counter: counter.inc(replica, len(readings)))
+        """Fold admitted readings into the state; raises ValueError as :meth:`observe_one` does."""
         for reading in readings:
-            series = f"{reading.device_id}/{reading.metric}"
-            value = reading.value
-            if reading.device_id not in self._devices:
-                self._update("devices", ORSet, lambda members: members.add(replica, reading.device_id))
-                self._devices.add(reading.device_id)
-            self._update(f"summary/{series}", Summary, lambda summary: summary.add(replica, value))
-            self._update_sketch(f"quantiles/{series}", value)
-            stamp = self.clock.now()
-            self._update(f"latest/{series}", LWWRegister, lambda register: register.set(value, stamp=stamp))
-            self._update(f"last_seen/{reading.device_id}", MaxRegister, lambda register: register.update(float(reading.ts_us)))
+            self.observe_one(reading)
+
+    def observe_one(self, reading: Reading) -> None:
+        """Fold one admitted reading into the state.
+
+        Raises ValueError, before changing anything, when the value's square or the series' sums
+        would overflow a double (magnitudes above about 1e154).
+        """
+        replica = self.replica
+        device = _key_part(reading.device_id)
+        series = f"{device}/{_key_part(reading.metric)}"
+        value = reading.value
+        self._update(f"summary/{series}", Summary, lambda summary: summary.add(replica, value))
+
+        self._update("readings", GCounter, lambda counter: counter.inc(replica, 1))
+        if reading.device_id not in self._devices:
+            self._update("devices", ORSet, lambda members: members.add(replica, reading.device_id))
+            self._devices.add(reading.device_id)
+        self._update_sketch(f"quantiles/{series}", value)
+        stamp = self.clock.now()
+        self._update(f"latest/{series}", LWWRegister, lambda register: register.set(value, stamp=stamp))
+        self._update(f"last_seen/{device}", MaxRegister, lambda register: register.update(float(reading.ts_us)))
 
     def _update_sketch(self, key: str, value: float) -> None:
         self._update(key, QuantileSketch, lambda sketch: sketch.add(self.replica, value), factory=self._sketch)

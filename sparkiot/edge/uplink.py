@@ -41,10 +41,10 @@ log = logging.getLogger(__name__)
 class Uplink:
     """Send the buffer and the delta groups upstream until :meth:`stop`."""
 
-    def __init__(self, config: EdgeConfig, store_path, *, on_cloud_state) -> None:
+    def __init__(self, config: EdgeConfig, store_path, *, replica: str, on_cloud_state) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
-        self.replica = config.replica
+        self.replica = replica
         self._store_path = store_path
         self._on_cloud_state = on_cloud_state
         self._wake = threading.Event()
@@ -67,6 +67,7 @@ class Uplink:
         self._cloud_seq = 0
         self._sent_seq = 0
         self._last_delta_sent = 0.0
+        self._last_hello = 0.0
         self._last_expiry = 0.0
         self._connect_failures = 0
         self._wait = 0.2
@@ -205,7 +206,7 @@ class Uplink:
                 self._handle_state(body)
             elif kind == "resync" and self.connected:
                 self._handshake = False
-                self._publish(self._hello_topic, protocol.encode_hello(self.replica, self._store.get_meta("seq")), kind="sync")
+                self._say_hello()
         if acked:
             self._store.remove(acked)
 
@@ -221,8 +222,7 @@ class Uplink:
         )
         if self.config.sync.enabled:
             self._handshake = False
-            seq = self._store.get_meta("seq")
-            self._publish(self._hello_topic, protocol.encode_hello(self.replica, seq), kind="sync")
+            self._say_hello()
 
     def _publish(self, topic: str, payload: bytes, *, kind: str, seq: int = 0, readings: int = 0) -> bool:
         info = self._client.publish(topic, payload, qos=1)
@@ -274,10 +274,19 @@ class Uplink:
 
     # -- sync ---------------------------------------------------------------------------------
 
+    def _say_hello(self) -> None:
+        self._publish(self._hello_topic, protocol.encode_hello(self.replica, self._store.get_meta("seq")), kind="sync")
+        self._last_hello = time.monotonic()
+
     def _send_deltas(self) -> None:
-        if not self._handshake:
-            return
         now = time.monotonic()
+        if not self._handshake:
+            # The sync service may not have been subscribed when the last hello went out.
+            if now - self._last_hello > self.config.sync.resend_after:
+                self.counters["hello_resends"] += 1
+                self._say_hello()
+            self._wait = min(self._wait, self.config.sync.resend_after)
+            return
         if self._sent_seq > self._cloud_seq and now - self._last_delta_sent > self.config.sync.resend_after:
             log.info("no acknowledgement for delta groups after %d within %gs; sending them again", self._cloud_seq, self.config.sync.resend_after)
             self.counters["delta_resends"] += 1

@@ -82,13 +82,18 @@ def describe(state) -> object:
         return sorted(state.value())
     if isinstance(state, Summary):
         value = state.value()
-        return {
+        fields = {
             "count": value.count, "sum": value.sum, "sum_squares": value.sum_squares,
             "min": value.min, "max": value.max, "mean": value.mean, "stddev": value.stddev,
         }
+        return {name: _finite(number) for name, number in fields.items()}
     if isinstance(state, LWWRegister):
         return state.value()
-    value = state.value()
+    return _finite(state.value())
+
+
+def _finite(value: object) -> object:
+    """Return ``value``, or None for a float that JSON cannot carry (an infinity after an overflow)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -97,8 +102,12 @@ def describe(state) -> object:
 class CrdtStore(Protocol):
     """The store interface of the sync service, implemented by :class:`SqliteCrdtStore` and the Redis store."""
 
-    def apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
-        """Merge ``groups`` of ``replica`` into ``site`` and the fleet view; return the site's version vector."""
+    def apply(self, site: str, replica: str, groups: list[DecodedGroup], rejected: list[Rejected] | None = None) -> dict[str, int]:
+        """Merge ``groups`` of ``replica`` into ``site`` and the fleet view; return the site's version vector.
+
+        Entries that cannot be joined are left out and added to ``rejected``; the version
+        vector advances anyway, so the agent does not send them again.
+        """
         ...
 
     def versions(self, site: str) -> dict[str, int]: ...
@@ -114,18 +123,49 @@ class CrdtStore(Protocol):
     def close(self) -> None: ...
 
 
-def merged_entries(current: dict[str, bytes | None], delta: CrdtMap) -> dict[str, object]:
-    """Return each key of ``delta`` joined with its ``current`` encoded state (None when absent)."""
+class Rejected(NamedTuple):
+    """A delta entry that could not be joined with the stored one, such as sketches of two accuracies."""
+
+    scope: str
+    key: str
+    error: str
+
+
+def merged_entries(current: dict[str, bytes | None], delta: CrdtMap, *, scope: str, rejected: list[Rejected]) -> dict[str, object]:
+    """Return each key of ``delta`` joined with its ``current`` encoded state (None when absent).
+
+    A key whose join fails (another CRDT type, another sketch accuracy, an overflow) is left
+    out and added to ``rejected``, so one bad entry never blocks the others.
+    """
     merged = {}
     for key, entry in delta.items():
         stored = current.get(key)
         if stored is None:
             merged[key] = entry.copy()
-        else:
+            continue
+        try:
             state = decode(stored)
             state.merge(entry)
-            merged[key] = state
+        except (TypeError, ValueError, OverflowError) as exc:
+            rejected.append(Rejected(scope, key, f"{type(exc).__name__}: {exc}"))
+            continue
+        merged[key] = state
     return merged
+
+
+def join_groups(groups: list[DecodedGroup]) -> CrdtMap:
+    """Return the join of the groups' deltas; a key that cannot be joined keeps its first delta."""
+    delta = CrdtMap()
+    for group in groups:
+        try:
+            delta.merge(group.delta)
+        except (TypeError, ValueError, OverflowError):
+            # The stores reject such a key when they join it with the stored entry.
+            for key, entry in group.delta.items():
+                if key not in delta:
+                    single = CrdtMap.from_entries({key: entry.to_bytes()})
+                    delta.merge(single)
+    return delta
 
 
 class SqliteCrdtStore:
@@ -150,16 +190,15 @@ class SqliteCrdtStore:
                 found[key] = data
         return found
 
-    def apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
-        delta = CrdtMap()
-        for group in groups:
-            delta.merge(group.delta)
+    def apply(self, site: str, replica: str, groups: list[DecodedGroup], rejected: list[Rejected] | None = None) -> dict[str, int]:
+        rejected = [] if rejected is None else rejected
+        delta = join_groups(groups)
         keys = list(delta.keys())
         now_us = time.time_ns() // 1000
         self._db.execute("BEGIN IMMEDIATE")
         try:
             for scope in (site, FLEET):
-                merged = merged_entries(self._load(scope, keys), delta)
+                merged = merged_entries(self._load(scope, keys), delta, scope=scope, rejected=rejected)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO crdt_state (scope, key, kind, data, value, updated_us) VALUES (?, ?, ?, ?, ?, ?)",
                     [(scope, key, type(state).__name__, state.to_bytes(), json.dumps(describe(state)), now_us) for key, state in merged.items()],
@@ -203,15 +242,22 @@ class SqliteCrdtStore:
         return list(self._db.execute("SELECT reason, topic, detail FROM sync_dead_letters ORDER BY id"))
 
 
-def open_store(url: str | None, *, default_path: str | Path) -> CrdtStore:
+def open_store(url: str | None, *, default_path: str | Path, must_exist: bool = False) -> CrdtStore:
     """Open the store named by ``url``: ``sqlite:///PATH``, ``redis://HOST:PORT/DB``, or None for ``default_path``.
 
-    Raises ValueError for another scheme, and ConnectionError when Redis cannot be reached.
+    Raises ValueError for another scheme, for a SQLite path that is not a database file (or,
+    with ``must_exist``, is missing), and ConnectionError when Redis cannot be reached.
     """
-    if url is None:
-        return SqliteCrdtStore(default_path)
-    if url.startswith("sqlite:///"):
-        return SqliteCrdtStore(url.removeprefix("sqlite:///"))
+    if url is None or url.startswith("sqlite:///"):
+        path = Path(default_path if url is None else url.removeprefix("sqlite:///"))
+        if must_exist and not path.is_file():
+            raise ValueError(f"no state store at {path}: give the main job's data directory or a sqlite:///PATH that exists")
+        if path.is_dir() or not path.name:
+            raise ValueError(f"state store path {str(path)!r} is a directory; give a file such as DATA_DIR/state.sqlite")
+        try:
+            return SqliteCrdtStore(path)
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"cannot use {path} as a state store: {exc}") from None
     if url.startswith("redis://"):
         from sparkiot.state.redis_store import RedisCrdtStore
 

@@ -27,7 +27,16 @@ from urllib.parse import urlparse
 import redis
 
 from sparkiot.edge.crdt import CrdtMap
-from sparkiot.state.crdt_store import FLEET, KEPT_DEAD_LETTERS, DecodedGroup, advance, describe, merged_entries
+from sparkiot.state.crdt_store import (
+    FLEET,
+    KEPT_DEAD_LETTERS,
+    DecodedGroup,
+    Rejected,
+    advance,
+    describe,
+    join_groups,
+    merged_entries,
+)
 
 
 class RedisCrdtStore:
@@ -35,7 +44,7 @@ class RedisCrdtStore:
 
     def __init__(self, url: str, *, namespace: str = "sparkiot") -> None:
         parsed = urlparse(url)
-        if parsed.scheme != "redis" or not parsed.hostname:
+        if parsed.scheme != "redis" or not parsed.hostname or parsed.path.strip("/") not in ("", *map(str, range(16))):
             raise ValueError(f"invalid Redis URL {url!r}: use redis://HOST:PORT/DB, such as redis://127.0.0.1:6379/0")
         self.url = url
         self.ns = namespace
@@ -51,10 +60,9 @@ class RedisCrdtStore:
     def _state_key(self, scope: str) -> str:
         return f"{self.ns}:fleet" if scope == FLEET else f"{self.ns}:crdt:{scope}"
 
-    def apply(self, site: str, replica: str, groups: list[DecodedGroup]) -> dict[str, int]:
-        delta = CrdtMap()
-        for group in groups:
-            delta.merge(group.delta)
+    def apply(self, site: str, replica: str, groups: list[DecodedGroup], rejected: list[Rejected] | None = None) -> dict[str, int]:
+        rejected = [] if rejected is None else rejected
+        delta = join_groups(groups)
         keys = list(delta.keys())
         site_key, fleet_key = self._state_key(site), self._state_key(FLEET)
         versions_key = f"{self.ns}:versions:{site}"
@@ -63,9 +71,10 @@ class RedisCrdtStore:
                 try:
                     pipe.watch(site_key, fleet_key, versions_key)
                     writes = {}
+                    attempt: list[Rejected] = []
                     for scope, state_key in ((site, site_key), (FLEET, fleet_key)):
                         stored = pipe.hmget(state_key, keys) if keys else []
-                        writes[scope] = merged_entries(dict(zip(keys, stored)), delta)
+                        writes[scope] = merged_entries(dict(zip(keys, stored)), delta, scope=scope, rejected=attempt)
                     versions = {name.decode(): int(value) for name, value in pipe.hgetall(versions_key).items()}
                     versions[replica] = advance(versions.get(replica, 0), groups)
                     pipe.multi()
@@ -76,6 +85,7 @@ class RedisCrdtStore:
                     pipe.hset(versions_key, replica, versions[replica])
                     pipe.sadd(f"{self.ns}:sites", site)
                     pipe.execute()
+                    rejected.extend(attempt)
                     return versions
                 except redis.WatchError:
                     continue

@@ -135,8 +135,8 @@ class Summary(WireCodec):
             return SummaryValue(count=0, sum=0.0, sum_squares=0.0, min=None, max=None)
         return SummaryValue(
             count=sum(entry.count for entry in entries),
-            sum=math.fsum(entry.sum for entry in entries),
-            sum_squares=math.fsum(entry.sum_squares for entry in entries),
+            sum=_total([entry.sum for entry in entries]),
+            sum_squares=_total([entry.sum_squares for entry in entries]),
             min=min(entry.min for entry in entries),
             max=max(entry.max for entry in entries),
         )
@@ -191,3 +191,11 @@ def _check_entry(entry: _Entry, field: str, reader: WireReader) -> None:
         raise reader.error(f"{field}.sum_squares", f"must be >= 0, got {entry.sum_squares}")
     if entry.min > entry.max:
         raise reader.error(f"{field}.min", f"must not exceed max, got min {entry.min} and max {entry.max}")
+
+
+def _total(values: list[float]) -> float:
+    """Return ``math.fsum(values)``, or the signed infinity it overflows to across replicas."""
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return sum(values)
