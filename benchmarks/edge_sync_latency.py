@@ -1,7 +1,7 @@
 """Sync latency: from an update at the edge to the merged value being readable in the cloud store.
 
 The script starts a tuned Mosquitto on a free loopback port, the sync service in a child process
-(SQLite or Redis store), and an edge agent in this process. A publisher sends ``--rate``
+(SQLite or Redis store), and an edge agent in another child process. A publisher sends ``--rate``
 readings per second to the agent's local topic (one reading per message, 20 series). Each
 reading is one *update*: it changes the site's readings counter, the series' summary, sketch,
 latest-value register and the device's last-seen register.
@@ -64,10 +64,10 @@ def run_service(store_kind: str, store_path: str, namespace: str, broker: str, p
     store.close()
 
 
-def measure(store_kind: str, rate: float, seconds: float, settle: float, durability: str, nagle: bool) -> dict:
+def run_agent(raw_config: dict, broker: str, updates_out, ready, stop) -> None:
+    """Run the edge agent; at the end send ``{seq: monotonic_ns}``, when each group's batch began."""
     from sparkiot.edge.agent import EdgeAgent
     from sparkiot.edge.config import build_edge_config
-    from sparkiot.ingest.mqtt_client import connect_publisher
 
     updates: dict[int, int] = {}
 
@@ -77,8 +77,25 @@ def measure(store_kind: str, rate: float, seconds: float, settle: float, durabil
             super().process(messages)
             updates.setdefault(self.store.get_meta("seq"), started)
 
+    agent = TimedAgent(build_edge_config(raw_config), local_url=broker)
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not (agent.subscribed.is_set() and agent.uplink.connected) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ready.set()
+    stop.wait()
+    agent.stop()
+    runner.join(timeout=30)
+    updates_out.put(updates)
+
+
+def measure(store_kind: str, rate: float, seconds: float, settle: float, durability: str, nagle: bool) -> dict:
+    from sparkiot.ingest.mqtt_client import connect_publisher
+
     context = multiprocessing.get_context("spawn")
     commits, ready, stop = context.Queue(), context.Event(), context.Event()
+    update_queue, agent_ready, agent_stop = context.Queue(), context.Event(), context.Event()
     with TunedMosquitto(extra=() if nagle else NO_DELAY) as broker, tempfile.TemporaryDirectory(prefix="sparkiot-bench-sync-") as folder:
         prefix = f"bench/{os.getpid()}/sync"
         service = context.Process(
@@ -88,20 +105,18 @@ def measure(store_kind: str, rate: float, seconds: float, settle: float, durabil
         service.start()
         if not ready.wait(60):
             raise RuntimeError("the sync service did not subscribe within 60 s")
-        config = build_edge_config({
+        config = {
             "site": "bench", "data_dir": str(Path(folder) / "edge"),
             "local": {"broker": broker.url, "topics": ["bench/local/#"], "client_id": f"bench-edge-{os.getpid()}"},
             "codec": {"topic_pattern": "bench/local/{device_id}"},
             "upstream": {"broker": broker.url, "topic": "bench/edge/{site}/readings"},
             "sync": {"topic_prefix": prefix},
             "buffer": {"durability": durability},
-        })
-        agent = TimedAgent(config, local_url=broker.url)
-        runner = threading.Thread(target=agent.run, daemon=True)
-        runner.start()
-        deadline = time.monotonic() + 30
-        while not (agent.subscribed.is_set() and agent.uplink.connected) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        }
+        agent = context.Process(target=run_agent, args=(config, broker.url, update_queue, agent_ready, agent_stop))
+        agent.start()
+        if not agent_ready.wait(60):
+            raise RuntimeError("the edge agent did not connect within 60 s")
 
         publisher = connect_publisher(broker.url)
         interval = 1.0 / rate
@@ -119,8 +134,9 @@ def measure(store_kind: str, rate: float, seconds: float, settle: float, durabil
         time.sleep(2.0)
         publisher.disconnect()
         publisher.loop_stop()
-        agent.stop()
-        runner.join(timeout=30)
+        agent_stop.set()
+        updates: dict[int, int] = update_queue.get(timeout=60)
+        agent.join(timeout=30)
         stop.set()
         service.join(timeout=30)
 

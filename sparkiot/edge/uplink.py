@@ -134,7 +134,10 @@ class Uplink:
 
     def _run(self) -> None:
         upstream = self.config.upstream
-        self._store = EdgeStore(self._store_path, durability=self.config.buffer.durability)
+        # Only deletes of acknowledged messages and acknowledged sequence numbers are written here.
+        # Losing the last of them to a power cut sends some messages again, which the receivers
+        # deduplicate, so these commits skip the fsync that the agent's own commits make.
+        self._store = EdgeStore(self._store_path, durability="normal")
         self._cloud_seq = self._store.get_meta("cloud_seq")
         self._sent_seq = self._cloud_seq
 
