@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import queue
 import sys
 import tempfile
 import threading
@@ -138,11 +139,15 @@ def measure(store_kind: str, rate: float, seconds: float, settle: float, durabil
         updates: dict[int, int] = update_queue.get(timeout=60)
         agent.join(timeout=30)
         stop.set()
+        # Drain while the service exits: a child process cannot end before its queue is read.
+        commit_list = []
+        while service.is_alive() or not commits.empty():
+            try:
+                commit_list.append(commits.get(timeout=0.5))
+            except queue.Empty:
+                pass
         service.join(timeout=30)
 
-    commit_list = []
-    while not commits.empty():
-        commit_list.append(commits.get())
     commit_list.sort(key=lambda item: item[2])
     settle_ns = int(settle * 1e9)
     first_update = min(updates.values())
