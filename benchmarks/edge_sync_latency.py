@@ -8,7 +8,7 @@ latest-value register and the device's last-seen register.
 
 Timed, with the system-wide monotonic clock of both processes:
 
-* update time: when the agent starts processing the batch that holds the reading (the CRDT
+* update time: when the agent starts processing the batch that contains the reading (the CRDT
   update follows within microseconds), recorded per delta group sequence number;
 * readable time: when the sync service's store transaction that brought the site's version
   vector to that sequence number or beyond has committed. A reader of the store sees the value

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+import pytest
+
 from sparkiot.edge.crdt import CrdtMap, GCounter
 from sparkiot.state.crdt_store import DecodedGroup, SqliteCrdtStore
 from tests.test_cli import sparkiot
@@ -91,3 +93,30 @@ def test_store_keeps_other_keys_when_one_cannot_join(tmp_path):
     assert [(item.scope, item.key) for item in rejected] == [("s", "q"), ("*", "q")]
     assert store.site_state("s").get("readings").value() == 5
     assert store.site_state("s").get("q").count() == 1
+
+
+@pytest.mark.redis
+def test_redis_store_concurrent_writers_lose_nothing(redis_store):
+    """Two stores on one Redis namespace merge at the same time, and both writers' updates remain."""
+    import threading
+
+    from sparkiot.state.redis_store import RedisCrdtStore
+
+    other = RedisCrdtStore(redis_store.url, namespace=redis_store.ns)
+
+    def write(store, replica):
+        state = CrdtMap()
+        for seq in range(50):
+            delta = state.update("readings", GCounter, lambda counter: counter.inc(replica, 1))
+            store.apply("s", replica, [DecodedGroup(seq, seq + 1, delta)])
+
+    threads = [threading.Thread(target=write, args=(store, replica)) for store, replica in ((redis_store, "a"), (other, "b"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    other.close()
+
+    assert redis_store.versions("s") == {"a": 50, "b": 50}
+    assert redis_store.site_state("s").get("readings").value() == 100
+    assert redis_store.fleet_state().get("readings").value() == 100

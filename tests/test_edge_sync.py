@@ -312,7 +312,7 @@ def test_backlog_drain_rate_and_order(tmp_path, unique, mosquitto):
 
 
 def test_agent_started_before_sync_service_syncs(tmp_path, unique, mosquitto):
-    """The first hello finds no service; the agent repeats it until one answers."""
+    """The first hello finds no service, so the agent repeats it until a service replies."""
     config = edge_config(tmp_path, unique, "site-h", local=mosquitto, upstream=mosquitto)
     readings = make_readings(1, 5, start_us=time.time_ns() // 1000 - 60 * SECOND_US)
     store = SqliteCrdtStore(tmp_path / "state.sqlite")

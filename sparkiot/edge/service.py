@@ -181,7 +181,7 @@ class SyncService:
             answered[site] = versions
             cloud_seq = versions.get(replica, 0)
             # The agent lost updates the cloud has (a restored disk), or it starts empty as a new
-            # replica of a site the cloud knows (a new disk): either way it gets the site's state.
+            # replica of a site the cloud has seen (a new disk). Either way it gets the site's state.
             if cloud_seq > seq or (seq == 0 and replica not in versions and versions):
                 state = self._with_store_retry(lambda: self.store.site_state(site))
                 if state is None:
@@ -209,7 +209,7 @@ class SyncService:
         return versions
 
     def _with_store_retry(self, action):
-        """Run ``action`` until the store answers; return None when the service stops first.
+        """Run ``action`` until it succeeds; return None when the service stops first.
 
         A store that cannot be reached (Redis down, SQLite locked) stops nothing: the batch waits,
         unacknowledged, and the service tries again every second.

@@ -12,8 +12,8 @@ The backlog and the live stream are separate:
   backlog readings to count as on time.
 
 paho keeps QoS 1 messages it was handed across reconnects and sends them again itself, so a
-message handed once is not handed again by this thread while the process lives; after a
-restart everything still buffered is sent again and the main job removes the copies by msg_id.
+message handed once is not handed again by this thread while the process lives. After a
+restart everything still buffered is sent again, and the main job removes the copies by msg_id.
 
 The sync side follows :mod:`sparkiot.edge.protocol`: hello at connect, delta groups after the
 cloud's acknowledged sequence number, a resend when no acknowledgement came within
@@ -290,6 +290,7 @@ class Uplink:
                 self._say_hello()
             self._wait = min(self._wait, self.config.sync.resend_after)
             return
+
         if self._sent_seq > self._cloud_seq and now - self._last_delta_sent > self.config.sync.resend_after:
             log.info("no acknowledgement for delta groups after %d within %gs; sending them again", self._cloud_seq, self.config.sync.resend_after)
             self.counters["delta_resends"] += 1
