@@ -323,3 +323,24 @@ def test_agent_started_before_sync_service_syncs(tmp_path, unique, mosquitto):
             wait_for(lambda: store.versions("site-h").get(edge.agent.replica) == edge.agent.stats()["seq"], 20, "the sync")
         assert edge.agent.uplink.counters["hello_resends"] >= 1
     assert_state_matches(store.site_state("site-h"), expected_state(readings))
+
+
+def test_alert_raised_before_restart_is_cleared_after(tmp_path, unique, mosquitto):
+    config = edge_config(
+        tmp_path, unique, "site-x", local=mosquitto, upstream="none",
+        rules={"alerts": [{"name": "hot", "above": 80}], "alert_topic": f"it/{unique}/alerts/{{site}}"},
+    )
+    now_us = time.time_ns() // 1000
+    collector = Collector(mosquitto, f"it/{unique}/alerts/#")
+    try:
+        with EdgeThread(config, local=mosquitto, wait_uplink=False) as edge:
+            publish_readings(mosquitto, unique, "site-x", [("d1", "temp", now_us, 90.0)])
+            wait_for(lambda: edge.agent.counters["readings"] == 1, 10, "the hot reading")
+        with EdgeThread(config, local=mosquitto, wait_uplink=False) as edge:
+            publish_readings(mosquitto, unique, "site-x", [("d1", "temp", now_us + 1, 30.0)])
+            wait_for(lambda: len(collector.payloads) >= 2, 10, "the alert to be cleared")
+            active = edge.agent.state.state.get("alerts_active").value()
+    finally:
+        collector.close()
+    assert [json.loads(payload)["state"] for payload in collector.payloads] == ["raised", "cleared"]
+    assert active == 0

@@ -63,10 +63,12 @@ class EdgeAgent:
         self.site = config.site
         self.codec = make_codec(config.codec, dead_letter_raw_bytes=4096)
         self.rules = LocalRules(config.rules)
+        self._alerts_changed = False
         self.alert_topic = config.topic(config.rules.alert_topic)
         self.store_path = config.data_path / "edge.sqlite"
         self.store = EdgeStore(self.store_path, durability=config.buffer.durability)
         self.replica = self._replica_id()
+        self.rules.restore(self.store.active_alerts())
         self.state = EdgeState(
             self.replica,
             relative_accuracy=config.sync.sketch_relative_accuracy,
@@ -239,6 +241,7 @@ class EdgeAgent:
 
         self.state.count_dead_letters(len(dead))
         self.state.alert_transitions(raised, cleared)
+        self._alerts_changed = bool(raised or cleared)
         self._commit(forwarded, dead, received_us)
 
         for message in messages:
@@ -303,6 +306,8 @@ class EdgeAgent:
                     self._join_pending_deltas()
             if dead:
                 self.store.put_dead_letters(dead, keep=KEPT_DEAD_LETTERS)
+            if self._alerts_changed:
+                self.store.put_active_alerts(self.rules.active())
         except BaseException:
             self.store.rollback()
             raise

@@ -58,6 +58,12 @@ CREATE TABLE IF NOT EXISTS deltas (
     data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS active_alerts (
+    rule TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    PRIMARY KEY (rule, device_id, metric)
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_us INTEGER NOT NULL,
@@ -236,6 +242,14 @@ class EdgeStore:
 
     def set_meta(self, name: str, value: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
+    def put_active_alerts(self, active: list[tuple[str, str, str]]) -> None:
+        """Replace the stored raised alerts, within a transaction."""
+        self._db.execute("DELETE FROM active_alerts")
+        self._db.executemany("INSERT INTO active_alerts (rule, device_id, metric) VALUES (?, ?, ?)", active)
+
+    def active_alerts(self) -> list[tuple[str, str, str]]:
+        return [tuple(row) for row in self._db.execute("SELECT rule, device_id, metric FROM active_alerts")]
 
     # -- dead letters ---------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Local rules of the edge agent: filters, threshold and rate-of-change alerts, down-sampling.
 
 Rules see readings in arrival order, one at a time, and keep a little state per series (the last
-reading, the last forwarded reading, the active alerts) in memory. After a restart that state
-starts empty: the first reading of each series is forwarded, and an alert still active is raised
-again.
+reading, the last forwarded reading, the active alerts) in memory. The agent stores the active
+alerts with each batch and restores them after a restart, so an alert raised before it is
+cleared after it. The rest starts empty: the first reading of each series is forwarded.
 
 Order of evaluation for each reading:
 
@@ -148,6 +148,18 @@ class LocalRules:
     def active_alerts(self) -> int:
         """Return the number of (rule, series) pairs currently raised."""
         return sum(len(state.active) for state in self._series.values())
+
+    def active(self) -> list[tuple[str, str, str]]:
+        """Return the raised alerts as ``(rule, device_id, metric)``."""
+        return [(rule, device, metric) for (device, metric), state in self._series.items() for rule in state.active]
+
+    def restore(self, active: list[tuple[str, str, str]]) -> None:
+        """Mark alerts raised before a restart as active again; rules no longer configured are ignored."""
+        names = {rule.name for rule in self.config.alerts}
+        for rule, device, metric in active:
+            if rule in names:
+                probe = Reading(device, metric, 0, 0.0, None, None, "", 0, "")
+                self._state(probe).active.add(rule)
 
 
 def _firing(rule: AlertRule, value: float, rate: float | None) -> bool:
