@@ -92,7 +92,7 @@ def cmd_sync_service(args) -> int:
 
 
 def cmd_fleet(args) -> int:
-    from sparkiot.state.crdt_store import describe, open_store
+    from sparkiot.state.crdt_store import FLEET, describe, open_store
 
     try:
         store = open_store(args.store, default_path=Path(args.data_dir) / "state.sqlite", must_exist=True)
@@ -100,6 +100,8 @@ def cmd_fleet(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
+        if args.site == FLEET:
+            args.site = None
         if args.site and args.site not in store.sites():
             print(f"error: no site {args.site!r} in the store; known sites: {', '.join(store.sites()) or 'none yet'}", file=sys.stderr)
             return 1
@@ -126,14 +128,14 @@ def add_edge_commands(commands) -> None:
 
     sync = commands.add_parser("sync-service", help="merge edge agents' CRDT deltas into the state store")
     sync.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="the cloud broker (default mqtt://127.0.0.1:1883)")
-    sync.add_argument("--store", help="sqlite:///PATH or redis://HOST:PORT/DB (default DATA_DIR/state.sqlite)")
+    sync.add_argument("--store", help="sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or redis://HOST:PORT/DB (default DATA_DIR/state.sqlite)")
     sync.add_argument("--data-dir", default="sparkiot-data", help="the main job's data directory (default ./sparkiot-data)")
     sync.add_argument("--topic-prefix", default="sparkiot/sync", help="sync topics' prefix (default sparkiot/sync)")
     sync.add_argument("--client-id", default="sparkiot-sync-service", help="MQTT client id; its session keeps deltas sent while it is down")
     sync.set_defaults(handler=cmd_sync_service)
 
     fleet = commands.add_parser("fleet", help="print the merged CRDT state of the fleet or of one site")
-    fleet.add_argument("--store", help="sqlite:///PATH or redis://HOST:PORT/DB (default DATA_DIR/state.sqlite)")
+    fleet.add_argument("--store", help="sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or redis://HOST:PORT/DB (default DATA_DIR/state.sqlite)")
     fleet.add_argument("--data-dir", default="sparkiot-data", help="the main job's data directory (default ./sparkiot-data)")
-    fleet.add_argument("--site", help="one site instead of the fleet")
+    fleet.add_argument("--site", help="one site instead of the fleet ('*' is the fleet)")
     fleet.set_defaults(handler=cmd_fleet)

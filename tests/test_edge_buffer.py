@@ -117,3 +117,14 @@ def test_protocol_rejects_huge_sequence_numbers():
 
     with pytest.raises(protocol.ProtocolError, match="must be an integer from 0 to 2"):
         protocol.decode_hello(protocol.encode_hello("r", 2**62))
+
+
+def test_protocol_rejects_groups_without_room_after_them():
+    import pytest
+
+    from sparkiot.edge import protocol
+
+    payload = protocol.encode_delta("r", [protocol.Group(4, 2**53 - 1, b"\xa0")])
+
+    with pytest.raises(protocol.ProtocolError, match="beyond the largest group number"):
+        protocol.decode_delta(payload)

@@ -139,7 +139,7 @@ class EdgeAgent:
         """Connect to the local broker and process messages until :meth:`stop`."""
         local = self.config.local
         host, port = parse_broker_url(self.local_url)
-        client = new_client(local.client_id, protocol=local.protocol, persistent=True)
+        client = new_client(self.config.topic(local.client_id), protocol=local.protocol, persistent=True)
         client.manual_ack_set(True)
         client.reconnect_delay_set(min_delay=max(1, int(local.reconnect_min)), max_delay=int(local.reconnect_max))
         client.on_connect = self._on_connect

@@ -212,7 +212,7 @@ class EdgeConfig(_Section):
 
     site: str = "edge"
     data_dir: str = "sparkiot-edge"
-    local: SourceConfig = SourceConfig(client_id="sparkiot-edge")
+    local: SourceConfig = SourceConfig(client_id="sparkiot-edge-local-{site}")
     codec: CodecConfig = CodecConfig()
     rules: RulesConfig = RulesConfig()
     upstream: UpstreamConfig = UpstreamConfig()

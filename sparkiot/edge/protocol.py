@@ -29,9 +29,11 @@ from typing import NamedTuple
 import cbor2
 
 MAX_REPLICA_LENGTH = 128
-# Sequence numbers stay far below SQLite's and Redis's 64-bit integer limit, so a forged huge
-# number cannot make the next one overflow.
+# Sequence numbers stay far below SQLite's and Redis's 64-bit integer limit. A delta group may
+# end at most at MAX_GROUP_SEQ, which leaves an agent 2**40 numbers (decades of batches) to go on
+# numbering even after a forged group pushed the cloud's version that far.
 MAX_SEQ = 2**53
+MAX_GROUP_SEQ = MAX_SEQ - 2**40
 
 
 class ProtocolError(ValueError):
@@ -106,6 +108,8 @@ def decode_delta(payload: bytes) -> tuple[str, list[Group]]:
         if not isinstance(group, list) or len(group) != 3 or not isinstance(group[2], bytes):
             raise ProtocolError(f"group {index} must be [from_seq, to_seq, delta bytes]")
         from_seq, to_seq = _seq(group[0], "from_seq"), _seq(group[1], "to_seq")
+        if to_seq > MAX_GROUP_SEQ:
+            raise ProtocolError(f"group {index} ends at {to_seq}, beyond the largest group number 2**53 - 2**40")
         if from_seq >= to_seq:
             raise ProtocolError(f"group {index} covers ({from_seq}, {to_seq}], which is empty")
         decoded.append(Group(from_seq, to_seq, group[2]))

@@ -262,4 +262,7 @@ def open_store(url: str | None, *, default_path: str | Path, must_exist: bool = 
         from sparkiot.state.redis_store import RedisCrdtStore
 
         return RedisCrdtStore(url)
-    raise ValueError(f"unknown state store {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB, such as redis://127.0.0.1:6379/0")
+    raise ValueError(
+        f"unknown state store {url!r}: use sqlite:///RELATIVE/PATH, sqlite:////ABSOLUTE/PATH or redis://HOST:PORT/DB, "
+        "such as redis://127.0.0.1:6379/0"
+    )
