@@ -15,8 +15,8 @@ version vector holds, per replica, the highest sequence number up to which it me
 without a gap. It merges any group it receives (a join is safe in any order), but advances the
 vector only over contiguous groups, so a lost group shows up as a vector behind the edge.
 
-Anti-entropy after a partition: the edge says hello with its own sequence number and the cloud
-answers with its vector. When the cloud is behind, the edge sends every group after the cloud's
+Anti-entropy after a partition: the edge sends a hello with its own sequence number and the
+cloud replies with its vector. When the cloud is behind, the edge sends every group after the cloud's
 number; when the edge no longer holds those groups, it sends its full state as the group
 ``(0, seq]``. When the cloud is ahead (the edge lost its disk), the cloud sends the site's state,
 which the edge joins before it continues numbering after the cloud's number.
