@@ -21,7 +21,7 @@ def cmd_edge(args) -> int:
     from sparkiot.edge.config import build_edge_config
     from sparkiot.ingest.broker import EmbeddedBroker
 
-    raw = read_yaml_mapping(args.config, what="edge file") if args.config else {}
+    raw = read_yaml_mapping(args.config, label="edge file") if args.config else {}
     for key, value in (("site", args.site), ("data_dir", args.data_dir)):
         if value is not None:
             raw[key] = value

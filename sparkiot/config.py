@@ -157,10 +157,10 @@ def check_broker_url(value: str, *, alternative: str = "") -> str:
     return value
 
 
-def check_topic_name(value: str, what: str) -> str:
+def check_topic_name(value: str, field: str) -> str:
     """Return ``value`` when it can be published to: not empty and without wildcards; raise ValueError otherwise."""
     if not value or "+" in value or "#" in value or "\0" in value:
-        raise ValueError(f"{what} {value!r} must be a topic name without wildcards (+ or #), such as 'sparkiot/alerts'")
+        raise ValueError(f"{field} {value!r} must be a topic name without wildcards (+ or #), such as 'sparkiot/alerts'")
     return value
 
 
@@ -440,21 +440,21 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def read_yaml_mapping(path: str | Path, *, what: str = "pipeline file") -> dict:
+def read_yaml_mapping(path: str | Path, *, label: str = "pipeline file") -> dict:
     """Read a YAML file that must hold a mapping; raise :class:`ConfigError` naming the problem."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
+        raise ConfigError(f"{label} not found: {path}") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path} is a directory; give the path of a {what} (YAML)") from None
+        raise ConfigError(f"{path} is a directory; give the path of the {label} (YAML)") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; a {what} is YAML") from None
+        raise ConfigError(f"{path} is not UTF-8 text; the {label} must be YAML") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read {label} {path}: {exc.strerror}") from None
     except RecursionError:
-        raise ConfigError(f"{path} nests too deeply to be a {what}") from None
+        raise ConfigError(f"{path} nests too deeply for the {label}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {str(exc)[:500]}") from None
     if raw is None:
@@ -475,7 +475,7 @@ def load_config(path: str | Path, **overrides: object) -> PipelineConfig:
     return build_config(raw, origin=str(path))
 
 
-def validate_model(model: type[BaseModel], raw: dict, *, origin: str, what: str, example: str):
+def validate_model(model: type[BaseModel], raw: dict, *, origin: str, label: str, example: str):
     """Validate ``raw`` as ``model``, raising :class:`ConfigError` with one readable line per problem."""
     try:
         return model.model_validate(raw)
@@ -489,9 +489,9 @@ def validate_model(model: type[BaseModel], raw: dict, *, origin: str, what: str,
             value = error.get("input")
             shown = "" if isinstance(value, dict) else f" (got {_shorten(repr(value))})"
             lines.append(f"  {where}: {message}{shown}")
-        raise ConfigError(f"invalid {what} in {origin}:\n" + "\n".join(lines)) from None
+        raise ConfigError(f"invalid {label} in {origin}:\n" + "\n".join(lines)) from None
 
 
 def build_config(raw: dict, origin: str = "configuration") -> PipelineConfig:
     """Validate a configuration mapping, raising :class:`ConfigError` with readable lines."""
-    return validate_model(PipelineConfig, raw, origin=origin, what="pipeline", example="examples/pipeline.yaml")
+    return validate_model(PipelineConfig, raw, origin=origin, label="pipeline", example="examples/pipeline.yaml")

@@ -38,7 +38,7 @@ from sparkiot.edge.crdt import CrdtMap
 from sparkiot.edge.rules import LocalRules
 from sparkiot.edge.state import EdgeState
 from sparkiot.edge.uplink import Uplink
-from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_in_background, disable_nagle, new_client
 from sparkiot.readings import DeadLetter, Reading, Reason
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,7 @@ class EdgeAgent:
         self.rules = LocalRules(config.rules)
         self._alerts_changed = False
         self.alert_topic = config.topic(config.rules.alert_topic)
+
         self.store_path = config.data_path / "edge.sqlite"
         self.store = EdgeStore(self.store_path, durability=config.buffer.durability)
         self.replica = self._replica_id()
@@ -74,6 +75,7 @@ class EdgeAgent:
             relative_accuracy=config.sync.sketch_relative_accuracy,
             state=CrdtMap.from_entries(self.store.entries()),
         )
+
         self.counters: Counter[str] = Counter()
         self.dead_letter_reasons: Counter[str] = Counter()
         self.subscribed = threading.Event()
@@ -84,6 +86,7 @@ class EdgeAgent:
         self._last_stats = 0.0
         self.final_stats: dict = {}
         self._connect_failures = 0
+
         self.uplink = None
         if config.upstream.broker != "none":
             self.uplink = Uplink(config, self.store_path, replica=self.replica,
@@ -138,7 +141,6 @@ class EdgeAgent:
     def run(self) -> None:
         """Connect to the local broker and process messages until :meth:`stop`."""
         local = self.config.local
-        host, port = parse_broker_url(self.local_url)
         client = new_client(self.config.topic(local.client_id), protocol=local.protocol, persistent=True)
         client.manual_ack_set(True)
         client.reconnect_delay_set(min_delay=max(1, int(local.reconnect_min)), max_delay=int(local.reconnect_max))
@@ -149,11 +151,8 @@ class EdgeAgent:
         client.on_message = self._on_message
         self._client = client
 
-        properties = connect_properties(local.protocol, session_expiry=local.session_expiry)
-        if local.protocol == "5":
-            client.connect_async(host, port, keepalive=int(local.keepalive), clean_start=False, properties=properties)
-        else:
-            client.connect_async(host, port, keepalive=int(local.keepalive))
+        connect_in_background(client, self.local_url, protocol=local.protocol, keepalive=local.keepalive,
+                              session_expiry=local.session_expiry, clean_start=False)
         if self.uplink is not None:
             self.uplink.start()
         client.loop_start()

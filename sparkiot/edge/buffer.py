@@ -17,8 +17,8 @@ Guarantees and limits:
   checkpoints, which survives a killed process but not a power cut.
 
 SQLite is used, not the landing log's segment files, because the buffer is deleted from the
-front and the middle (acknowledged messages, expired messages) as well as appended to, and the
-CRDT entries are updated in place: a transactional table store serves those three uses at once.
+front and the middle (acknowledged messages, expired messages) as well as appended to. The CRDT
+entries are updated in place too, and a transactional table store serves all three uses.
 """
 
 from __future__ import annotations
@@ -138,12 +138,12 @@ class EdgeStore:
         """Add ``(added_us, readings, payload)`` messages within a transaction, honouring the size bound."""
         refused = dropped = stored = 0
         for added_us, count, payload in messages:
-            _, _, held = self.totals()
-            if held + len(payload) > max_bytes:
+            _, _, buffered = self.totals()
+            if buffered + len(payload) > max_bytes:
                 if overflow == "refuse_new" or len(payload) > max_bytes:
                     refused += count
                     continue
-                dropped += self._drop_oldest(held + len(payload) - max_bytes)
+                dropped += self._drop_oldest(buffered + len(payload) - max_bytes)
             self._db.execute("INSERT INTO outbox (added_us, readings, payload) VALUES (?, ?, ?)", (added_us, count, payload))
             stored += count
         return AppendResult(stored, refused, dropped)

@@ -29,7 +29,8 @@ from sparkiot.config import (
     validate_model,
 )
 
-_SITE_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# Site, replica and alert names become MQTT topic segments and CRDT replica ids.
+SITE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class Match(_Section):
@@ -98,7 +99,7 @@ class AlertRule(_Section):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _SITE_RE.fullmatch(value):
+        if not SITE_PATTERN.fullmatch(value):
             raise ValueError(f"alert name {value!r} must be 1-64 letters, digits, '_', '.' or '-'")
         return value
 
@@ -197,7 +198,7 @@ class SyncConfig(_Section):
     @field_validator("replica")
     @classmethod
     def _check_replica(cls, value: str | None) -> str | None:
-        if value is not None and not _SITE_RE.fullmatch(value):
+        if value is not None and not SITE_PATTERN.fullmatch(value):
             raise ValueError(f"replica {value!r} must be 1-64 letters, digits, '_', '.' or '-'")
         return value
 
@@ -222,7 +223,7 @@ class EdgeConfig(_Section):
     @field_validator("site")
     @classmethod
     def _check_site(cls, value: str) -> str:
-        if not _SITE_RE.fullmatch(value):
+        if not SITE_PATTERN.fullmatch(value):
             raise ValueError(f"site {value!r} must be 1-64 letters, digits, '_', '.' or '-': it becomes part of MQTT topics")
         return value
 
@@ -243,14 +244,14 @@ def load_edge_config(path: str | Path | None, **overrides: object) -> EdgeConfig
 
     Raises :class:`ConfigError` with one line per problem.
     """
-    raw = read_yaml_mapping(path, what="edge file") if path is not None else {}
+    raw = read_yaml_mapping(path, label="edge file") if path is not None else {}
     raw.update({key: value for key, value in overrides.items() if value is not None})
     return build_edge_config(raw, origin=str(path) if path else "the command line")
 
 
 def build_edge_config(raw: dict, origin: str = "configuration") -> EdgeConfig:
     """Validate an edge configuration mapping, raising :class:`ConfigError` with readable lines."""
-    return validate_model(EdgeConfig, raw, origin=origin, what="edge configuration", example="examples/edge.yaml")
+    return validate_model(EdgeConfig, raw, origin=origin, label="edge configuration", example="examples/edge.yaml")
 
 
 __all__ = ["ConfigError", "EdgeConfig", "build_edge_config", "load_edge_config"]

@@ -17,7 +17,7 @@ vector only over contiguous groups, so a lost group shows up as a vector behind 
 
 Anti-entropy after a partition: the edge sends a hello with its own sequence number and the
 cloud replies with its vector. When the cloud is behind, the edge sends every group after the cloud's
-number; when the edge no longer holds those groups, it sends its full state as the group
+number; when the edge no longer has those groups, it sends its full state as the group
 ``(0, seq]``. When the cloud is ahead (the edge lost its disk), the cloud sends the site's state,
 which the edge joins before it continues numbering after the cloud's number.
 """

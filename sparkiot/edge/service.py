@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import sqlite3
 import threading
 from collections import Counter, defaultdict
@@ -27,13 +26,13 @@ import paho.mqtt.client as mqtt
 import redis
 
 from sparkiot.edge import protocol
+from sparkiot.edge.config import SITE_PATTERN
 from sparkiot.edge.crdt import CrdtDecodeError, CrdtMap
-from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_in_background, disable_nagle, new_client
 from sparkiot.state.crdt_store import FLEET, CrdtStore, DecodedGroup, Rejected
 
 log = logging.getLogger(__name__)
 
-SITE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 class SyncService:
@@ -89,7 +88,6 @@ class SyncService:
         self._messages.put(message)
 
     def run(self) -> None:
-        host, port = parse_broker_url(self.broker_url)
         client = new_client(self.client_id, protocol=self.protocol_version, persistent=True)
         client.manual_ack_set(True)
         client.max_inflight_messages_set(1000)
@@ -100,11 +98,9 @@ class SyncService:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self._client = client
-        properties = connect_properties(self.protocol_version, session_expiry=86400)
-        if self.protocol_version == "5":
-            client.connect_async(host, port, keepalive=30, clean_start=False, properties=properties)
-        else:
-            client.connect_async(host, port, keepalive=30)
+
+        connect_in_background(client, self.broker_url, protocol=self.protocol_version, keepalive=30,
+                              session_expiry=86400, clean_start=False)
         client.loop_start()
         try:
             while not self._stop.is_set():
@@ -146,7 +142,7 @@ class SyncService:
             self.counters["messages"] += 1
             try:
                 site, kind = protocol.site_and_kind(self.prefix, message.topic)
-                if not SITE_NAME.fullmatch(site):
+                if not SITE_PATTERN.fullmatch(site):
                     self._reject(message, "wrong_topic", f"site {site!r} must be 1-64 letters, digits, '_', '.' or '-'")
                     continue
                 if kind == "delta":

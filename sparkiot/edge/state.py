@@ -111,7 +111,7 @@ class EdgeState:
 
     def take_delta(self) -> tuple[CrdtMap | None, dict[str, bytes]]:
         """Return the pending delta (None when nothing changed) and the changed entries, encoded."""
-        changed = {key: self.state.get(key).to_bytes() for key in self._changed}
+        changed = self.state.encoded(self._changed)
         delta = self._pending if not self._pending.is_empty() else None
         self._pending = CrdtMap()
         self._changed = set()

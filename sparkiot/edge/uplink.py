@@ -33,7 +33,8 @@ import paho.mqtt.client as mqtt
 from sparkiot.edge import protocol
 from sparkiot.edge.buffer import DeltaGroup, EdgeStore
 from sparkiot.edge.config import EdgeConfig
-from sparkiot.ingest.mqtt_client import connect_properties, disable_nagle, new_client, parse_broker_url
+from sparkiot.edge.crdt import CrdtMap
+from sparkiot.ingest.mqtt_client import connect_in_background, disable_nagle, new_client
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,6 @@ class Uplink:
         self._cloud_seq = self._store.get_meta("cloud_seq")
         self._sent_seq = self._cloud_seq
 
-        host, port = parse_broker_url(upstream.broker)
         client_id = self.config.topic(upstream.client_id)
         client = new_client(client_id, protocol=upstream.protocol)
         client.max_inflight_messages_set(upstream.max_inflight + 16)
@@ -154,11 +154,8 @@ class Uplink:
         client.on_message = self._on_message
         self._client = client
 
-        properties = connect_properties(upstream.protocol, session_expiry=0)
-        if upstream.protocol == "5":
-            client.connect_async(host, port, keepalive=int(upstream.keepalive), clean_start=True, properties=properties)
-        else:
-            client.connect_async(host, port, keepalive=int(upstream.keepalive))
+        connect_in_background(client, upstream.broker, protocol=upstream.protocol, keepalive=upstream.keepalive,
+                              session_expiry=0, clean_start=True)
         client.loop_start()
         log.info("uplink to %s as %r started", upstream.broker, client_id)
 
@@ -316,8 +313,6 @@ class Uplink:
         self.counters["delta_bytes_sent"] += size
 
     def _send_full_state(self) -> None:
-        from sparkiot.edge.crdt import CrdtMap
-
         self._store.begin()
         try:
             seq = self._store.get_meta("seq")

@@ -37,7 +37,7 @@ from sparkiot.anomaly import RollingZScore
 from sparkiot.codecs import Decoded, make_codec
 from sparkiot.config import PipelineConfig
 from sparkiot.ingest.landing import LandingLog, LogReader
-from sparkiot.ingest.mqtt_client import connect_properties, new_client, parse_broker_url
+from sparkiot.ingest.mqtt_client import connect_in_background, new_client
 from sparkiot.readings import (
     MARK_RETAINED,
     SCHEMAS,
@@ -175,7 +175,6 @@ class Ingest:
     def run(self) -> None:
         """Connect, then land messages until :meth:`stop`; reconnects with backoff on its own."""
         source = self.config.source
-        host, port = parse_broker_url(self.broker_url)
         client = new_client(source.client_id, protocol=self.protocol, persistent=True)
         client.manual_ack_set(True)
         client.reconnect_delay_set(min_delay=max(1, int(source.reconnect_min)), max_delay=int(source.reconnect_max))
@@ -185,11 +184,8 @@ class Ingest:
         client.on_message = self._on_message
         self._client = client
 
-        properties = connect_properties(self.protocol, session_expiry=source.session_expiry)
-        if self.protocol == "5":
-            client.connect_async(host, port, keepalive=int(source.keepalive), clean_start=False, properties=properties)
-        else:
-            client.connect_async(host, port, keepalive=int(source.keepalive))
+        connect_in_background(client, self.broker_url, protocol=self.protocol, keepalive=source.keepalive,
+                              session_expiry=source.session_expiry, clean_start=False)
         client.loop_start()
         log.info("ingest started: broker %s, topics %s, data directory %s", self.broker_url, source.topics, self.config.data_dir)
         try:

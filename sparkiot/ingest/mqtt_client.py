@@ -53,6 +53,22 @@ def connect_properties(protocol: str, *, session_expiry: float, receive_maximum:
     return properties
 
 
+def connect_in_background(
+    client: mqtt.Client, url: str, *, protocol: str, keepalive: float, session_expiry: float, clean_start: bool
+) -> None:
+    """Start connecting ``client`` to ``url``; paho's network loop completes it and reconnects later.
+
+    MQTT 5 gets the session expiry and ``clean_start``. A 3.1.1 client's session follows the
+    ``persistent`` flag it was created with by :func:`new_client`.
+    """
+    host, port = parse_broker_url(url)
+    if protocol == "5":
+        properties = connect_properties(protocol, session_expiry=session_expiry)
+        client.connect_async(host, port, keepalive=int(keepalive), clean_start=clean_start, properties=properties)
+    else:
+        client.connect_async(host, port, keepalive=int(keepalive))
+
+
 def connect_publisher(url: str, *, client_id: str = "", protocol: str = "5", timeout: float = 10.0) -> mqtt.Client:
     """Connect a publishing client, start its network thread and return it once connected."""
     host, port = parse_broker_url(url)

@@ -129,6 +129,10 @@ class CrdtMap(WireCodec):
         entry = self._entries.get(key)
         return None if entry is None else entry.copy()
 
+    def encoded(self, keys) -> dict[str, bytes]:
+        """Return the encoded entries under ``keys`` (missing keys are left out), without copying them."""
+        return {key: self._entries[key].to_bytes() for key in keys if key in self._entries}
+
     def keys(self) -> frozenset[str]:
         """Return the keys present."""
         return frozenset(self._entries)
