@@ -27,9 +27,9 @@ MOSQUITTO_TUNING = (
     "persistence false",
 )
 
-# Mosquitto keeps Nagle's algorithm on its client sockets by default; a small packet then waits
-# for the TCP acknowledgement of the previous one, up to the delayed-ACK time (about 40 ms).
-# The latency benchmarks of the edge turn it off, as a gateway operator would.
+# Mosquitto keeps Nagle's algorithm on its client sockets by default. A small packet then waits
+# for the TCP acknowledgement of the previous one, up to the delayed-ACK time (about 40 ms on
+# Linux). The edge's latency benchmarks turn it off, as a gateway operator would.
 NO_DELAY = ("set_tcp_nodelay true",)
 
 

@@ -18,9 +18,9 @@ edge agent stores as a delta group, without the sync protocol's own CBOR framing
   ``observe`` and one ``take_delta`` per group, as the agent commits one group per batch
   under load. The figure is the group's bytes divided by 100, per reading.
 * Workload B, one type per map: a ``CrdtMap`` of K ``GCounter`` entries and a ``CrdtMap`` of K
-  ``Summary`` entries, replica ``site-a``, warmed with ``--warm`` updates per key, then
-  ``--updates`` updates (``inc`` by 1 or ``add`` of a value) on random keys. The delta is the
-  one-key map delta that ``CrdtMap.update`` returns.
+  ``Summary`` entries, replica ``site-a``. Each is warmed with ``--warm`` updates per key, then
+  gets ``--updates`` updates (``inc`` by 1 or ``add`` of a value) on random keys. The delta is
+  the one-key map delta that ``CrdtMap.update`` returns.
 
 Sizes: K = 10, 100 and 1,000. The full-to-delta ratio is the full state's bytes divided by the
 mean delta bytes: how many times more an uplink would carry if it sent the full state per update.

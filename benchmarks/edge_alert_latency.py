@@ -8,8 +8,8 @@ the store-and-forward buffer (one fsync per batch) and forwarded upstream to the
 A publisher in this process sends ``--rate`` readings per second, one reading per message, QoS 1,
 over 20 devices. Every twentieth reading of a device is 60, which raises the alert, and the next
 one (about 20) clears it, so a tenth of the readings cause an alert transition. A subscriber in this
-process receives the alert topic; each alert names its reading (device and event time), and
-the latency is its arrival time minus the reading's publish call, on one monotonic clock.
+process receives the alert topic. Each alert names its reading (device and event time), so the
+latency is its arrival time minus the reading's publish call, on one monotonic clock.
 Alerts of the first ``--settle`` seconds are left out.
 
     python benchmarks/edge_alert_latency.py --rate 1000 --json results/edge-alerts.json

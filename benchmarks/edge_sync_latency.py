@@ -11,7 +11,7 @@ Timed, with the system-wide monotonic clock of both processes:
 * update time: when the agent starts processing the batch that contains the reading (the CRDT
   update follows within microseconds), recorded per delta group sequence number;
 * readable time: when the sync service's store transaction that brought the site's version
-  vector to that sequence number or beyond has committed. A reader of the store sees the value
+  vector to that sequence number or beyond has committed. A reader of the store gets the value
   from then on.
 
 The latency of a sequence number is the difference. Groups of the first ``--settle`` seconds are

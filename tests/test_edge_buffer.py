@@ -17,16 +17,16 @@ def store_with(tmp_path, sizes: list[int], *, max_bytes: int, overflow: str):
 
 def test_buffer_drop_oldest(tmp_path):
     store, results = store_with(tmp_path, [400, 400, 400, 400], max_bytes=1000, overflow="drop_oldest")
-    kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
-    assert kept == [2, 3]
+    remaining = [message.payload[0] for message in store.outgoing(after_seq=0)]
+    assert remaining == [2, 3]
     assert store.totals() == (2, 20, 800)
     assert [r.dropped_readings for r in results] == [0, 0, 10, 10]
 
 
 def test_buffer_refuse_new(tmp_path):
     store, results = store_with(tmp_path, [400, 400, 400, 100], max_bytes=1000, overflow="refuse_new")
-    kept = [message.payload[0] for message in store.outgoing(after_seq=0)]
-    assert kept == [0, 1, 3]
+    remaining = [message.payload[0] for message in store.outgoing(after_seq=0)]
+    assert remaining == [0, 1, 3]
     assert [r.refused_readings for r in results] == [0, 0, 10, 0]
 
 

@@ -51,8 +51,8 @@ def test_partition_converges_exactly_once(spark, tmp_path, unique, mosquitto, re
             publish_readings(mosquitto, unique, "south", rounds[1][1])
             wait_for(lambda: south_edge.agent.counters["readings"] == len(rounds[0][1]) + len(rounds[1][1]), 20,
                      "south to process its readings while cut off")
-            held = south_edge.agent.store.totals()[1]
-            assert held >= len(rounds[1][1])
+            buffered = south_edge.agent.store.totals()[1]
+            assert buffered >= len(rounds[1][1])
 
             link.restore()
             publish_readings(mosquitto, unique, "north", rounds[2][0])
