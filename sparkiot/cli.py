@@ -1,4 +1,5 @@
-"""The ``sparkiot`` command: demo, run, ingest, replay and decode; the edge commands are in ``cli_edge``."""
+"""The ``sparkiot`` command: demo, run, ingest, replay and decode; the edge commands are in ``cli_edge``,
+the control plane's in ``cli_serverless``."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("py4j", "amqtt", "transitions"):
+    for noisy in ("py4j", "amqtt", "transitions", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -323,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     from sparkiot.cli_edge import add_edge_commands
 
     add_edge_commands(commands)
+
+    from sparkiot.cli_serverless import add_serverless_commands
+
+    add_serverless_commands(commands)
     return parser
 
 

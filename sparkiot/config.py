@@ -382,6 +382,59 @@ class SparkConfig(_Section):
     conf: dict[str, str] = {}
 
 
+class ScalingConfig(_Section):
+    """How the control plane sets a standalone pipeline's executor count while it runs."""
+
+    policy: str = Field(
+        default="target_tracking",
+        description="'target_tracking', 'fixed', or 'package.module:Class' for a policy of your own",
+    )
+    interval: Seconds = Field(default=5.0, description="how often the policy is asked for a decision")
+    target_utilization: float = Field(
+        default=0.6, gt=0, le=1, description="busy share of each trigger interval that target tracking aims for"
+    )
+    scale_out_cooldown: Seconds = 10.0
+    scale_in_cooldown: Seconds = 30.0
+    options: dict[str, float | int | str | bool] = Field(default={}, description="passed to a policy of your own")
+
+    @field_validator("policy")
+    @classmethod
+    def _check_policy(cls, value: str) -> str:
+        if value in ("target_tracking", "fixed") or re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", value):
+            return value
+        raise ValueError("write 'target_tracking', 'fixed', or an import path such as 'mypackage.policies:MyPolicy'")
+
+
+class ServerlessConfig(_Section):
+    """How ``sparkiot serve`` runs the pipeline; ``sparkiot run`` ignores this section."""
+
+    runtime: Literal["local", "standalone", "connect"] = "local"
+    local_cores: int = Field(default=2, ge=1, le=256, description="N of local[N] for the local and connect runtimes")
+    driver_cores: int = Field(default=1, ge=1, le=64)
+    driver_memory: Bytes = 1024**3
+    executor_cores: int = Field(default=1, ge=1, le=64)
+    executor_memory: Bytes = 512 * 1024**2
+    initial_executors: int = Field(default=1, ge=1, le=256)
+    min_executors: int = Field(default=1, ge=1, le=256)
+    max_executors: int = Field(default=4, ge=1, le=256)
+    idle_timeout: Seconds | None = Field(
+        default=300.0, description="stop the Spark runtime after this long without new input; null keeps it running"
+    )
+    scaling: ScalingConfig = ScalingConfig()
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ServerlessConfig":
+        if not self.min_executors <= self.initial_executors <= self.max_executors:
+            raise ValueError(
+                f"executors must satisfy min_executors <= initial_executors <= max_executors "
+                f"(got {self.min_executors}, {self.initial_executors}, {self.max_executors})"
+            )
+        for name in ("driver_memory", "executor_memory"):
+            if getattr(self, name) < 32 * 1024**2:
+                raise ValueError(f"{name} must be at least 32MiB, such as '512MiB'")
+        return self
+
+
 class PipelineConfig(_Section):
     """A whole pipeline: source, codec, landing log, windows, anomaly rule, sinks and Spark."""
 
@@ -395,6 +448,7 @@ class PipelineConfig(_Section):
     anomaly: AnomalyConfig = AnomalyConfig()
     state: StateConfig = StateConfig()
     spark: SparkConfig = SparkConfig()
+    serverless: ServerlessConfig = ServerlessConfig()
 
     @model_validator(mode="after")
     def _check_future_bound(self) -> "PipelineConfig":

@@ -80,6 +80,8 @@ class ProgressTotals(StreamingQueryListener):
         self.duplicates_dropped: dict[str, int] = {}
         self.dropped_by_watermark: dict[str, int] = {}
         self.last_batch_ms: dict[str, int] = {}
+        # The last progress report of each query: rates, duration, watermark and source offset.
+        self.last: dict[str, dict] = {}
         self._lock = threading.Lock()
 
     def onQueryStarted(self, event) -> None:
@@ -88,8 +90,27 @@ class ProgressTotals(StreamingQueryListener):
     def onQueryProgress(self, event) -> None:
         progress = event.progress
         name = progress.name or str(progress.id)
+        # The lowest offset every source of the query has processed up to.
+        offsets = []
+        for source in progress.sources:
+            try:
+                offsets.append(int(json.loads(source.endOffset)["offset"]))
+            except (TypeError, ValueError, KeyError):
+                pass
+        end_offset = min(offsets) if offsets else None
+        last = {
+            "batch_id": int(progress.batchId),
+            "rows": int(progress.numInputRows),
+            "input_rate": float(progress.inputRowsPerSecond or 0.0),
+            "process_rate": float(progress.processedRowsPerSecond or 0.0),
+            "batch_ms": int(progress.batchDuration),
+            "watermark": (progress.eventTime or {}).get("watermark"),
+            "end_offset": end_offset,
+            "time": time.time(),
+        }
         with self._lock:
             self.last_batch_ms[name] = int(progress.batchDuration)
+            self.last[name] = last
             for operator in progress.stateOperators:
                 dropped = int(operator.customMetrics.get("numDroppedDuplicateRows", 0) or 0)
                 self.duplicates_dropped[name] = self.duplicates_dropped.get(name, 0) + dropped
@@ -106,9 +127,12 @@ class ProgressTotals(StreamingQueryListener):
 class StreamingJob:
     """Builds and runs the job's streaming queries on a SparkSession."""
 
-    def __init__(self, spark: SparkSession, config: PipelineConfig) -> None:
+    def __init__(self, spark: SparkSession, config: PipelineConfig, *, on_batch=None) -> None:
+        """``on_batch(query_name, batch_id, rows)`` is called after each micro-batch's output is written."""
         self.spark = spark
         self.config = config
+        self.on_batch = on_batch
+        self.trigger = config.spark.trigger
         self.queries = []
         # Rows written and micro-batches run, per query; foreachBatch handlers run in this process.
         self.rows_written: dict[str, int] = {}
@@ -147,6 +171,8 @@ class StreamingJob:
             finally:
                 batch.unpersist()
             self._count(name, rows)
+            if self.on_batch is not None:
+                self.on_batch(name, batch_id, rows)
 
         query = (
             df.writeStream.queryName(name)
@@ -164,8 +190,8 @@ class StreamingJob:
     def start(self) -> None:
         """Start every query; they run until :meth:`stop`."""
         spark_config = self.config.spark
-        self._start(self._deduplicated("readings"), "readings", self._write_readings, spark_config.trigger)
-        self._start(self.window_frame(), "windows", self._write_windows, spark_config.trigger)
+        self._start(self._deduplicated("readings"), "readings", self._write_readings, self.trigger)
+        self._start(self.window_frame(), "windows", self._write_windows, self.trigger)
         self._side = SideTableCopier(
             [
                 SideTable(
@@ -309,6 +335,16 @@ class StreamingJob:
             df, handler, trigger_seconds, output_mode = self._definitions[name]
             self._start(df, name, handler, trigger_seconds, output_mode)
         return None
+
+    def set_trigger(self, seconds: float) -> None:
+        """Restart the Spark queries from their checkpoints with a new processing-time trigger."""
+        self.trigger = seconds
+        for query in list(self.queries):
+            name = query.name
+            query.stop()
+            self.queries.remove(query)
+            df, handler, _, output_mode = self._definitions[name]
+            self._start(df, name, handler, seconds, output_mode)
 
     def stop(self) -> None:
         """Stop every query and the side table copier, and detach the progress listener."""

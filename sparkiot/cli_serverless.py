@@ -1,0 +1,246 @@
+"""The ``sparkiot`` commands of the control plane: ``serve`` and its clients ``submit``, ``list``,
+``status``, ``stop``, ``start``, ``delete``, ``logs``, ``scale`` and ``cost``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("sparkiot")
+
+
+def cmd_serve(args) -> int:
+    import uvicorn
+
+    from sparkiot.serverless.api import create_app
+    from sparkiot.serverless.control import ControlPlane
+    from sparkiot.serverless.settings import load_serve_config
+
+    settings = load_serve_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir,
+                                 registry=args.registry, prices=args.prices)
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("serving on %s: the API is reachable beyond this machine; keep the token secret and use TLS in front", settings.host)
+    control = ControlPlane(settings)
+    control.start()
+    source = "the configuration" if settings.token else ("$SPARKIOT_TOKEN" if settings.resolved_token() else str(control.state_dir / "token"))
+    print(f"sparkiot control plane on http://{settings.host}:{settings.port} (token from {source}; "
+          f"registry {settings.registry_url}; state in {control.state_dir})", flush=True)
+    def on_shutdown() -> None:
+        print("stopping: draining and stopping every pipeline; they resume when the control plane starts again", flush=True)
+        control.shutdown(stop_pipelines=True)
+
+    uvicorn.run(create_app(control, on_shutdown=on_shutdown), host=settings.host, port=settings.port, log_level="warning")
+    return 0
+
+
+def _client(args):
+    from sparkiot.serverless.client import Client, find_token
+
+    return Client(args.url, find_token(args.token, args.state_dir))
+
+
+def _run(args, action) -> int:
+    from sparkiot.serverless.client import ClientError
+
+    client = _client(args)
+    try:
+        return action(client)
+    except ClientError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+
+
+def cmd_submit(args) -> int:
+    path = Path(args.config)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read pipeline file {path}: {exc}", file=sys.stderr)
+        return 2
+
+    def action(client) -> int:
+        record = client.submit(text)
+        print(f"submitted {record['name']} (runtime {record['runtime']}, data in {record['data_dir']}); "
+              f"follow it with 'sparkiot status {record['name']}'")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_list(args) -> int:
+    def action(client) -> int:
+        records = client.list()
+        if args.json:
+            print(json.dumps(records, indent=2))
+            return 0
+        if not records:
+            print("no pipelines; submit one with 'sparkiot submit PIPELINE.yaml'")
+            return 0
+        print(f"{'NAME':24} {'STATE':16} {'RUNTIME':11} EPOCH  MESSAGE")
+        for record in records:
+            print(f"{record['name'][:24]:24} {record['state']:16} {record['runtime']:11} {record['epoch']:5}  {record['message'][:60]}")
+        return 0
+
+    return _run(args, action)
+
+
+def format_status(status: dict) -> str:
+    progress = status["progress"]
+    lag = progress["watermark_lag"]
+    lines = [
+        f"{status['name']}: {status['state']} (wanted {status['desired']}), runtime {status['runtime']}, epoch {status['epoch']}",
+        f"  input {progress['input_rate']:.1f}/s, processed {progress['process_rate']:.1f}/s, "
+        f"last batch {progress['batch_duration']:.2f} s, trigger {progress['trigger']:g} s",
+        f"  backlog {progress['backlog']} records, landed {progress['landed']} readings, "
+        f"watermark lag {'-' if lag is None else f'{lag:.0f} s'}",
+        f"  executors {status['executors']} (target {status['target_executors']})",
+        "  cost so far: " + ", ".join(f"{key} ${value}" for key, value in status["cost"].items()),
+    ]
+    if status["message"]:
+        lines.append(f"  message: {status['message']}")
+    for start in status["starts"][-5:]:
+        seconds = start["seconds"]
+        lines.append(f"  start {start['epoch']} ({start['reason']}): "
+                     + (f"first batch after {seconds:.1f} s" if seconds is not None else "no batch yet"))
+    return "\n".join(lines)
+
+
+def cmd_status(args) -> int:
+    def action(client) -> int:
+        status = client.status(args.name)
+        print(json.dumps(status, indent=2) if args.json else format_status(status))
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_stop(args) -> int:
+    def action(client) -> int:
+        record = client.stop(args.name)
+        print(f"{record['name']}: {record['state']}; the runtime drains what landed, then stops")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_start(args) -> int:
+    def action(client) -> int:
+        record = client.start(args.name)
+        print(f"{record['name']}: {record['state']}")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_delete(args) -> int:
+    def action(client) -> int:
+        client.delete(args.name)
+        print(f"deleted {args.name} from the registry; its data directory is kept")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_logs(args) -> int:
+    def action(client) -> int:
+        for line in client.logs(args.name, args.source, args.lines)["lines"]:
+            print(line)
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_scale(args) -> int:
+    if args.executors is None and args.trigger is None:
+        print("error: give --executors N, --trigger SECONDS or both", file=sys.stderr)
+        return 2
+
+    def action(client) -> int:
+        status = client.scale(args.name, args.executors, args.trigger)
+        print(f"{args.name}: target executors {args.executors if args.executors is not None else status['target_executors']}, "
+              f"trigger {args.trigger if args.trigger is not None else status['progress']['trigger']} s "
+              "(automatic scaling paused for this pipeline until the control plane restarts)")
+        return 0
+
+    return _run(args, action)
+
+
+def cmd_cost(args) -> int:
+    def action(client) -> int:
+        bill = client.cost(args.name, args.platform)
+        if args.json:
+            print(json.dumps(bill, indent=2))
+            return 0
+        print(f"pipeline {args.name} on {bill['title']} ({bill['region']})")
+        print(f"  total: ${bill['total']} (exact {bill['exact']} USD)")
+        print(f"  workers: {bill['workers']}; held {bill['held_seconds']:.1f} worker-seconds, "
+              f"billed {bill['billed_seconds']} (increments and minimums applied)")
+        for name, amount in bill["units"].items():
+            print(f"  {name.replace('_', '-')}: {float(amount):.6f}")
+        return 0
+
+    return _run(args, action)
+
+
+def add_serverless_commands(commands) -> None:
+    """Add ``serve`` and its client commands to an argparse sub-parser set."""
+    serve = commands.add_parser("serve", help="run the control plane: pipelines on demand, scaled, metered")
+    serve.add_argument("--config", help="control plane YAML (see examples/serve.yaml); defaults apply without one")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8765)")
+    serve.add_argument("--state-dir", help="registry, token and pipeline folders (default ./sparkiot-serve)")
+    serve.add_argument("--registry", help="sqlite:///PATH or postgresql://USER@HOST/DB (default STATE_DIR/registry.sqlite)")
+    serve.add_argument("--prices", help="price table replacing platforms of the built-in one")
+    serve.set_defaults(handler=cmd_serve)
+
+    def client_parser(name: str, help_text: str):
+        parser = commands.add_parser(name, help=help_text)
+        parser.add_argument("--url", help="control plane URL (default $SPARKIOT_URL or http://127.0.0.1:8765)")
+        parser.add_argument("--token", help="bearer token (default $SPARKIOT_TOKEN, else STATE_DIR/token)")
+        parser.add_argument("--state-dir", default="sparkiot-serve", help="where to find a generated token (default ./sparkiot-serve)")
+        return parser
+
+    submit = client_parser("submit", "submit a pipeline file to the control plane")
+    submit.add_argument("config", help="pipeline YAML file (see examples/serverless.yaml)")
+    submit.set_defaults(handler=cmd_submit)
+
+    listing = client_parser("list", "list the control plane's pipelines")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=cmd_list)
+
+    status = client_parser("status", "show a pipeline's state, progress, executors and cost so far")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.set_defaults(handler=cmd_status)
+
+    for name, handler, help_text in (
+        ("stop", cmd_stop, "stop a pipeline: the ingest stops, Spark drains what landed, then stops"),
+        ("start", cmd_start, "start a stopped or failed pipeline again from its checkpoints"),
+        ("delete", cmd_delete, "remove a stopped pipeline from the registry (its data directory stays)"),
+    ):
+        parser = client_parser(name, help_text)
+        parser.add_argument("name")
+        parser.set_defaults(handler=handler)
+
+    logs = client_parser("logs", "print a pipeline's recent log lines")
+    logs.add_argument("name")
+    logs.add_argument("--source", choices=["events", "runner", "ingest", "spark"], default="events")
+    logs.add_argument("--lines", type=int, default=100)
+    logs.set_defaults(handler=cmd_logs)
+
+    scale = client_parser("scale", "set a standalone pipeline's executors or trigger by hand")
+    scale.add_argument("name")
+    scale.add_argument("--executors", type=int)
+    scale.add_argument("--trigger", type=float, help="micro-batch trigger interval in seconds")
+    scale.set_defaults(handler=cmd_scale)
+
+    cost = client_parser("cost", "print a pipeline's bill on a serverless platform's prices")
+    cost.add_argument("name")
+    cost.add_argument("--platform", default="emr_serverless",
+                      help="emr_serverless, dataproc_serverless or synapse (or a key of your price table)")
+    cost.add_argument("--json", action="store_true", help="print JSON")
+    cost.set_defaults(handler=cmd_cost)

@@ -1,0 +1,154 @@
+"""The control plane's HTTP API (FastAPI); its OpenAPI schema is served at ``/openapi.json``.
+
+Every endpoint under ``/pipelines`` and ``/health`` needs ``Authorization: Bearer TOKEN``; a
+missing or wrong token gets 401. The schema and its documentation page (``/docs``) are public:
+they describe the API and hold no data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from contextlib import asynccontextmanager
+from typing import Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Query, status
+from fastapi.responses import Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from sparkiot.config import ConfigError
+from sparkiot.serverless.control import LOG_SOURCES, ControlPlane, Invalid, NotFound
+from sparkiot.serverless.registry import Conflict
+
+
+class Submission(BaseModel):
+    yaml: str = Field(description="the pipeline file, the same YAML that 'sparkiot run' reads")
+
+
+class ScalingRequest(BaseModel):
+    executors: int | None = Field(default=None, ge=1, le=256, description="executors to hold (standalone runtime)")
+    trigger: float | None = Field(default=None, gt=0, description="micro-batch trigger interval in seconds")
+
+
+class PipelineSummary(BaseModel):
+    name: str
+    state: str
+    desired: str
+    runtime: str
+    epoch: int
+    message: str
+    data_dir: str
+
+
+class Logs(BaseModel):
+    name: str
+    source: str
+    lines: list[str]
+
+
+def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
+    """The API over ``control``; ``on_shutdown`` runs when the server stops (before uvicorn re-raises its signal)."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        if on_shutdown is not None:
+            await asyncio.to_thread(on_shutdown)
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="sparkiot control plane",
+        description="Submit sparkiot pipelines; they run on demand, scale to zero when idle, and are metered in money.",
+        version="1",
+    )
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing bearer token: send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), control.token.encode()):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    guarded = [Depends(authorized)]
+
+    def summary(record: dict) -> PipelineSummary:
+        return PipelineSummary(name=record["name"], state=record["state"], desired=record["desired"],
+                               runtime=record["config"]["serverless"]["runtime"], epoch=record["epoch"],
+                               message=record["message"], data_dir=record["data_dir"])
+
+    def lookup(name: str) -> dict:
+        try:
+            return control.record(name)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline named {name!r}; GET /pipelines lists them") from None
+
+    @app.get("/health", dependencies=guarded)
+    def health() -> dict:
+        return {"status": "ok", "pipelines": len(control.registry.list()),
+                "cluster": control.cluster.url if control.cluster else None}
+
+    @app.post("/pipelines", status_code=201, dependencies=guarded, response_model=PipelineSummary)
+    def submit(submission: Submission):
+        try:
+            return summary(control.submit(submission.yaml))
+        except Invalid as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        except Conflict as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+
+    @app.get("/pipelines", dependencies=guarded, response_model=list[PipelineSummary])
+    def list_pipelines():
+        return [summary(record) for record in control.registry.list()]
+
+    @app.get("/pipelines/{name}", dependencies=guarded)
+    def show(name: str) -> dict:
+        lookup(name)
+        return control.status(name)
+
+    @app.post("/pipelines/{name}/stop", dependencies=guarded, response_model=PipelineSummary)
+    def stop(name: str):
+        lookup(name)
+        return summary(control.stop(name))
+
+    @app.post("/pipelines/{name}/start", dependencies=guarded, response_model=PipelineSummary)
+    def start(name: str):
+        lookup(name)
+        return summary(control.resume(name))
+
+    @app.delete("/pipelines/{name}", status_code=204, dependencies=guarded)
+    def delete(name: str):
+        lookup(name)
+        try:
+            control.delete(name)
+        except Invalid as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return Response(status_code=204)
+
+    @app.get("/pipelines/{name}/logs", dependencies=guarded, response_model=Logs)
+    def logs(name: str, source: Literal["events", "runner", "ingest", "spark"] = "events",
+             lines: int = Query(default=100, ge=1, le=5000)):
+        lookup(name)
+        assert source in LOG_SOURCES
+        return Logs(name=name, source=source, lines=control.logs(name, source, lines))
+
+    @app.get("/pipelines/{name}/cost", dependencies=guarded)
+    def cost(name: str, platform: str = Query(default="emr_serverless", description="a key of the price table")) -> dict:
+        lookup(name)
+        try:
+            bill = control.bill(name, platform)
+        except ConfigError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+        return {"name": name, **bill.as_dict()}
+
+    @app.put("/pipelines/{name}/scaling", dependencies=guarded)
+    def scale(name: str, request: ScalingRequest) -> dict:
+        lookup(name)
+        try:
+            return control.scale(name, request.executors, request.trigger)
+        except Invalid as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
+
+    return app
