@@ -215,3 +215,25 @@ def test_control_plane_killed_and_restarted_while_a_pipeline_runs(server, unique
     wait_stored(data_dir, published)
     assert [start["reason"] for start in status(server, name)["starts"]][-1] == "restart"
     stop_and_wait(server, name)
+
+
+@pytest.mark.parametrize("runtime", ["local", "connect"])
+def test_the_local_and_connect_runtimes_process_every_reading(server, unique, mosquitto, runtime):
+    name, topic = f"{runtime}-{unique}", f"cp/{unique}/{runtime}"
+    spec = json.loads(pipeline_yaml(name, topic, idle_timeout=None))
+    spec["serverless"] = {"runtime": runtime, "local_cores": 1}
+    server.client.submit(json.dumps(spec))
+    data_dir = status(server, name)["data_dir"]
+    wait_for(lambda: read_counters(Path(data_dir)).get("subscribed"), 60, "the ingest to subscribe")
+    published = publish(topic, 0, 300)
+    wait_stored(data_dir, published)
+    def runner() -> dict:
+        return json.loads((Path(data_dir).parent / "runtime" / "status.json").read_text())
+
+    assert runner()["master"].startswith("local[1]" if runtime == "local" else "sc://127.0.0.1:")
+    wait_for(lambda: runner()["first_batch_at"] is not None, 10, "the runtime to report its first batch")
+    stop_and_wait(server, name)
+    holdings = server.client.cost(name, "synapse")
+    # One driver holding (the runtime's client process for Connect), billed whole minutes.
+    assert holdings["workers"] == 1
+    assert holdings["billed_seconds"] % 60 == 0

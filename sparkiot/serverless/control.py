@@ -632,16 +632,22 @@ class ControlPlane:
         return StandaloneCluster(self.state_dir / "cluster", workers, master_port=self.settings.cluster.master_port)
 
     def _maybe_stop_cluster(self) -> None:
-        if self.cluster is None or not self.settings.cluster.stop_when_idle:
+        """Stop the shared standalone cluster and Connect server while no pipeline runs on them."""
+        if not self.settings.cluster.stop_when_idle or (self.cluster is None and self._connect is None):
             return
+        busy = set()
         for record in self.registry.list():
-            if record["config"]["serverless"]["runtime"] == "standalone" and (
-                    record["state"] in ("starting", "running", "scaling_to_zero")
-                    or process_alive(record["runner_pid"], record["runner_started"])):
-                return
-        log.info("no pipeline runs on the standalone cluster; stopping it")
-        self.cluster.stop()
-        self.cluster = None
+            if record["state"] in ("starting", "running", "scaling_to_zero") or \
+                    process_alive(record["runner_pid"], record["runner_started"]):
+                busy.add(record["config"]["serverless"]["runtime"])
+        with self._lock:
+            if self.cluster is not None and "standalone" not in busy:
+                log.info("no pipeline runs on the standalone cluster; stopping it")
+                self.cluster.stop()
+                self.cluster = None
+            if self._connect is not None and "connect" not in busy:
+                log.info("no pipeline runs on the Spark Connect server; stopping it")
+                self._stop_connect()
 
     def _adopt_connect(self) -> None:
         path = self.state_dir / "connect.json"

@@ -105,6 +105,7 @@ class Runner:
         self.master: str = self.spec["master"]
         self.epoch = int(self.spec["epoch"])
         self.standalone = self.master.startswith("spark://")
+        self.remote = self.master.startswith("sc://")
         self.stop_requested = threading.Event()
         self.ledger = Ledger(runtime_dir / "ledger.jsonl", self.epoch)
         self.batches = open(runtime_dir / "batches.jsonl", "a", encoding="utf-8")
@@ -161,6 +162,15 @@ class Runner:
         from sparkiot.stream.job import StreamingJob
         from sparkiot.stream.session import build_session
 
+        if self.remote:
+            from sparkiot.stream.session import build_connect_session
+
+            self.spark = build_connect_session(self.master, self.config.spark, app_name=f"sparkiot-{self.config.name}")
+            self.job = StreamingJob(self.spark, self.config, remote=True, remote_batch_log=str(self.dir / "batches.jsonl"))
+            self.job.start()
+            self.status["ready_at"] = time.time()
+            self.status["state"] = "running"
+            return
         spark_config = self.config.spark.model_copy(
             update={"master": self.master, "conf": {**self._spark_conf(), **self.config.spark.conf}}
         )
@@ -251,6 +261,11 @@ class Runner:
             self.status["trigger"] = float(trigger)
 
     def _progress(self) -> None:
+        if self.remote:
+            self.job.poll_progress()
+            readings = self.job.progress.last.get("readings", {})
+            if readings.get("rows", 0) > 0 and self.status["first_batch_at"] is None:
+                self.status["first_batch_at"] = time.time()
         last = dict(self.job.progress.last)
         self.status["progress"] = last
         self.status["rows_written"] = dict(self.job.rows_written)

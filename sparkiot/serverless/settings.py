@@ -24,7 +24,9 @@ class ClusterConfig(_Section):
 
     workers: list[WorkerConfig] = Field(default=[WorkerConfig()], min_length=1, max_length=16)
     master_port: int | None = Field(default=None, ge=1024, le=65535, description="default: a free port")
-    stop_when_idle: bool = Field(default=True, description="stop the cluster while no pipeline runs on it")
+    stop_when_idle: bool = Field(
+        default=True, description="stop the cluster (and the Spark Connect server) while no pipeline runs on it"
+    )
 
 
 class ServeConfig(_Section):

@@ -117,6 +117,38 @@ class ProgressTotals(StreamingQueryListener):
                 late = int(operator.numRowsDroppedByWatermark or 0)
                 self.dropped_by_watermark[name] = self.dropped_by_watermark.get(name, 0) + late
 
+    def record(self, progress) -> None:
+        """Keep the last report from ``StreamingQuery.lastProgress``: a dictionary, or an object with its fields."""
+
+        def field(holder, name, default=None):
+            value = getattr(holder, name, None)
+            if value is None and isinstance(holder, dict):
+                value = holder.get(name)
+            return default if value is None else value
+
+        offsets = []
+        for source in field(progress, "sources", []):
+            try:
+                end = field(source, "endOffset")
+                offsets.append(int((json.loads(end) if isinstance(end, str) else end)["offset"]))
+            except (TypeError, ValueError, KeyError):
+                pass
+        event_time = field(progress, "eventTime", {}) or {}
+        last = {
+            "batch_id": int(field(progress, "batchId", -1)),
+            "rows": int(field(progress, "numInputRows", 0)),
+            "input_rate": float(field(progress, "inputRowsPerSecond", 0.0)),
+            "process_rate": float(field(progress, "processedRowsPerSecond", 0.0)),
+            "batch_ms": int(field(progress, "batchDuration", 0)),
+            "watermark": event_time.get("watermark"),
+            "end_offset": min(offsets) if offsets else None,
+            "time": time.time(),
+        }
+        name = field(progress, "name") or str(field(progress, "id"))
+        with self._lock:
+            self.last_batch_ms[name] = last["batch_ms"]
+            self.last[name] = last
+
     def onQueryIdle(self, event) -> None:
         pass
 
@@ -127,11 +159,19 @@ class ProgressTotals(StreamingQueryListener):
 class StreamingJob:
     """Builds and runs the job's streaming queries on a SparkSession."""
 
-    def __init__(self, spark: SparkSession, config: PipelineConfig, *, on_batch=None) -> None:
-        """``on_batch(query_name, batch_id, rows)`` is called after each micro-batch's output is written."""
+    def __init__(self, spark: SparkSession, config: PipelineConfig, *, on_batch=None, remote_batch_log: str | None = None,
+                 remote: bool = False) -> None:
+        """``on_batch(query_name, batch_id, rows)`` is called after each micro-batch's output is written.
+
+        With ``remote`` (a Spark Connect session) the batch functions run in the server and append
+        to ``remote_batch_log`` instead; progress comes from :meth:`poll_progress`, and
+        ``rows_written`` stays empty.
+        """
         self.spark = spark
         self.config = config
         self.on_batch = on_batch
+        self.remote = remote
+        self.remote_batch_log = remote_batch_log
         self.trigger = config.spark.trigger
         self.queries = []
         # Rows written and micro-batches run, per query; foreachBatch handlers run in this process.
@@ -142,7 +182,8 @@ class StreamingJob:
         self._definitions: dict[str, tuple] = {}
         self._side: SideTableCopier | None = None
         self.restarts: dict[str, int] = {}
-        spark.streams.addListener(self.progress)
+        if not remote:
+            spark.streams.addListener(self.progress)
         spark.dataSource.register(LandingSource)
 
     def _read(self, log_name: str, consumer: str) -> DataFrame:
@@ -174,10 +215,11 @@ class StreamingJob:
             if self.on_batch is not None:
                 self.on_batch(name, batch_id, rows)
 
+        function = RemoteBatchWriter(self.config, name, self.remote_batch_log) if self.remote else counted
         query = (
             df.writeStream.queryName(name)
             .outputMode(output_mode)
-            .foreachBatch(counted)
+            .foreachBatch(function)
             .option("checkpointLocation", str(self.config.data_path / "checkpoints" / name))
             .trigger(processingTime=_interval(trigger_seconds))
             .start()
@@ -238,45 +280,10 @@ class StreamingJob:
         )
 
     def _write_readings(self, df: DataFrame, batch_id: int) -> int:
-        count = df.count()
-        if count == 0:
-            return 0
-        write_batch(df, table_path(self.config, "readings"), batch_id, "ts")
-        latest = (
-            df.groupBy("device_id", "metric")
-            .agg(F.max_by(F.struct("ts", "value", "unit", "site"), "ts").alias("last"))
-            .select("device_id", "metric", "last.*")
-            .collect()
-        )
-        now_us = time.time_ns() // 1000
-        rows = [(row.device_id, row.metric, _to_us(row.ts), row.value, row.unit, row.site, now_us) for row in latest]
-        store = LatestValueStore(self.config.state_path)
-        try:
-            store.upsert(rows)
-        finally:
-            store.close()
-        return count
+        return write_readings(self.config, df, batch_id)
 
     def _write_windows(self, df: DataFrame, batch_id: int) -> int:
-        count = df.count()
-        if count == 0:
-            return 0
-        flat = df.select(
-            "window_name",
-            "device_id",
-            "metric",
-            F.col("window.start").alias("window_start"),
-            F.col("window.end").alias("window_end"),
-            "count",
-            "mean",
-            "min",
-            "max",
-            "stddev",
-            F.col("quantiles")[0].alias("p50"),
-            F.col("quantiles")[1].alias("p95"),
-        )
-        write_batch(flat, table_path(self.config, "windows"), batch_id, "window_start")
-        return count
+        return write_windows(self.config, df, batch_id)
 
     def _store_statuses(self, events: pa.Table) -> None:
         """Mark each device ``stale`` from its DEATH and ``alive`` from its BIRTH in the state store."""
@@ -336,6 +343,13 @@ class StreamingJob:
             self._start(df, name, handler, trigger_seconds, output_mode)
         return None
 
+    def poll_progress(self) -> None:
+        """Read each query's last progress report (for Spark Connect, where listeners run in the server)."""
+        for query in self.queries:
+            progress = query.lastProgress
+            if progress:
+                self.progress.record(progress)
+
     def set_trigger(self, seconds: float) -> None:
         """Restart the Spark queries from their checkpoints with a new processing-time trigger."""
         self.trigger = seconds
@@ -360,6 +374,79 @@ class StreamingJob:
             except Exception:  # noqa: BLE001 - stopping the rest matters more
                 log.warning("query %s did not stop cleanly", query.name, exc_info=True)
         self.queries.clear()
+
+
+def write_readings(config: PipelineConfig, df: DataFrame, batch_id: int) -> int:
+    """Write one micro-batch of deduplicated readings and update the latest-value store; return its rows."""
+    count = df.count()
+    if count == 0:
+        return 0
+    write_batch(df, table_path(config, "readings"), batch_id, "ts")
+    latest = (
+        df.groupBy("device_id", "metric")
+        .agg(F.max_by(F.struct("ts", "value", "unit", "site"), "ts").alias("last"))
+        .select("device_id", "metric", "last.*")
+        .collect()
+    )
+    now_us = time.time_ns() // 1000
+    rows = [(row.device_id, row.metric, _to_us(row.ts), row.value, row.unit, row.site, now_us) for row in latest]
+    store = LatestValueStore(config.state_path)
+    try:
+        store.upsert(rows)
+    finally:
+        store.close()
+    return count
+
+
+def write_windows(config: PipelineConfig, df: DataFrame, batch_id: int) -> int:
+    """Write one micro-batch of closed windows; return its rows."""
+    count = df.count()
+    if count == 0:
+        return 0
+    flat = df.select(
+        "window_name",
+        "device_id",
+        "metric",
+        F.col("window.start").alias("window_start"),
+        F.col("window.end").alias("window_end"),
+        "count",
+        "mean",
+        "min",
+        "max",
+        "stddev",
+        F.col("quantiles")[0].alias("p50"),
+        F.col("quantiles")[1].alias("p95"),
+    )
+    write_batch(flat, table_path(config, "windows"), batch_id, "window_start")
+    return count
+
+
+class RemoteBatchWriter:
+    """The foreachBatch function of a query on Spark Connect, where it runs in the server's Python worker.
+
+    It holds only the configuration (as JSON) and the path of the batch log, so it pickles; it
+    appends each batch's rows and completion time to ``batch_log`` itself, since the driver-side
+    counters of :class:`StreamingJob` live in another process.
+    """
+
+    def __init__(self, config: PipelineConfig, query: str, batch_log: str | None) -> None:
+        self.config_json = config.model_dump_json()
+        self.query = query
+        self.batch_log = batch_log
+
+    def __call__(self, df: DataFrame, batch_id: int) -> None:
+        from sparkiot.config import PipelineConfig as Config
+
+        config = Config.model_validate_json(self.config_json)
+        writer = write_readings if self.query == "readings" else write_windows
+        df = df.persist()
+        try:
+            rows = writer(config, df, batch_id)
+        finally:
+            df.unpersist()
+        if self.batch_log:
+            with open(self.batch_log, "a", encoding="utf-8") as out:
+                out.write(json.dumps({"query": self.query, "batch_id": batch_id, "rows": rows, "done": time.time()}) + "\n")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

@@ -132,3 +132,28 @@ def _start_quietly(builder, log_file: Path | None):
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def build_connect_session(url: str, config: SparkConfig, *, app_name: str = "sparkiot"):
+    """Return a session on the Spark Connect server at ``url`` (``sc://HOST:PORT``) with sparkiot's SQL settings.
+
+    The server owns the JVM; only the session-level settings that sparkiot needs are sent.
+    """
+    from pyspark.sql import SparkSession
+
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    builder = SparkSession.builder.remote(url).appName(app_name)
+    settings = {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
+        "spark.sql.streaming.stateStore.providerClass":
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    settings.update({key: value for key, value in config.conf.items() if key.startswith("spark.sql.")})
+    log.info("connecting to Spark Connect at %s", url)
+    spark = builder.getOrCreate()
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    return spark
