@@ -24,7 +24,12 @@ def cmd_serve(args) -> int:
         log.warning("serving on %s: the API is reachable beyond this machine; keep the token secret and use TLS in front", settings.host)
     control = ControlPlane(settings)
     control.start()
-    source = "the configuration" if settings.token else ("$SPARKIOT_TOKEN" if settings.resolved_token() else str(control.state_dir / "token"))
+    if settings.token:
+        source = "the configuration"
+    elif settings.resolved_token():
+        source = "$SPARKIOT_TOKEN"
+    else:
+        source = str(control.state_dir / "token")
     print(f"sparkiot control plane on http://{settings.host}:{settings.port} (token from {source}; "
           f"registry {settings.registry_url}; state in {control.state_dir})", flush=True)
     def on_shutdown() -> None:

@@ -383,7 +383,7 @@ class SparkConfig(_Section):
 
 
 class ScalingConfig(_Section):
-    """How the control plane sets a standalone pipeline's executor count while it runs."""
+    """The policy that sets a standalone pipeline's executor count while it runs."""
 
     policy: str = Field(
         default="target_tracking",
@@ -406,7 +406,7 @@ class ScalingConfig(_Section):
 
 
 class ServerlessConfig(_Section):
-    """How ``sparkiot serve`` runs the pipeline; ``sparkiot run`` ignores this section."""
+    """The runtime, resources and idle timeout for ``sparkiot serve``; ``sparkiot run`` ignores this section."""
 
     runtime: Literal["local", "standalone", "connect"] = "local"
     local_cores: int = Field(default=2, ge=1, le=256, description="N of local[N] for the local and connect runtimes")

@@ -49,7 +49,7 @@ class Logs(BaseModel):
 
 
 def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None = None) -> FastAPI:
-    """The API over ``control``; ``on_shutdown`` runs when the server stops (before uvicorn re-raises its signal)."""
+    """Build the API over ``control``; ``on_shutdown`` runs when the server stops, before uvicorn re-raises its signal."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

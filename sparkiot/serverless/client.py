@@ -14,11 +14,11 @@ DEFAULT_URL = "http://127.0.0.1:8765"
 
 
 class ClientError(RuntimeError):
-    """A request the control plane refused or could not receive; the message says what to do."""
+    """A request that the control plane rejected or never received; the message names the next step."""
 
 
 def find_token(token: str | None, state_dir: str) -> str | None:
-    """The token given, else ``$SPARKIOT_TOKEN``, else the one ``sparkiot serve`` generated in ``state_dir``."""
+    """Return the token given, else ``$SPARKIOT_TOKEN``, else the one ``sparkiot serve`` generated in ``state_dir``."""
     if token:
         return token
     if os.environ.get(TOKEN_VARIABLE):
@@ -46,7 +46,7 @@ class Client:
             raise ClientError(f"cannot reach the control plane at {self.url} ({exc}); start it with 'sparkiot serve' "
                               f"or point --url (or ${URL_VARIABLE}) at it") from None
         if response.status_code == 401:
-            raise ClientError(f"the control plane refused the token ({response.json().get('detail')}); pass --token, "
+            raise ClientError(f"the control plane rejected the token ({response.json().get('detail')}); pass --token, "
                               f"set ${TOKEN_VARIABLE}, or run from the folder holding sparkiot-serve/token")
         if response.status_code >= 400:
             try:

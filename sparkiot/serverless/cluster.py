@@ -3,8 +3,8 @@
 The PySpark package carries Spark's jars and ``bin/spark-class`` but not the ``sbin`` scripts
 (``start-master.sh``), so the control plane launches the Master and each Worker class itself, in
 their own sessions so that they outlive a control plane that is killed. Their process ids and
-ports are kept in ``cluster.json``; a control plane that restarts adopts a cluster whose master
-still answers, and starts a new one otherwise.
+ports are kept in ``cluster.json``. A control plane that restarts adopts a cluster whose master
+still responds, and starts a new one otherwise.
 
 Every listening socket is bound to 127.0.0.1 (``SPARK_LOCAL_IP`` and ``--host``), and the
 master's REST submission server is off.
@@ -44,7 +44,7 @@ def free_port() -> int:
 
 
 def spark_environment() -> dict[str, str]:
-    """The environment Spark's launchers and Python workers need: Java, Spark's home, loopback only."""
+    """Return the environment for Spark's launchers and Python workers: Java, Spark's home, loopback only."""
     from sparkiot.stream.session import find_java
 
     java = find_java()
@@ -103,7 +103,7 @@ class StandaloneCluster:
         return self.dir / "cluster.json"
 
     def adopt(self) -> bool:
-        """Take over a cluster that a previous control plane started, when its master still answers."""
+        """Take over a cluster that a previous control plane started, when its master still responds."""
         try:
             state = json.loads(self._state_path().read_text())
         except (OSError, ValueError):
@@ -169,7 +169,7 @@ class StandaloneCluster:
         raise TimeoutError(f"the standalone master did not listen on 127.0.0.1:{port} within {timeout:g}s")
 
     def state(self) -> dict:
-        """The master's own view (``/json``): workers, cores, memory and applications."""
+        """Return the master's own view (``/json``): workers, cores, memory and applications."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/json/", timeout=5) as response:
             return json.loads(response.read())
 

@@ -56,12 +56,12 @@ class NotFound(KeyError):
 
 
 class Invalid(ValueError):
-    """A submission or request that cannot be accepted; the message says why and what to do."""
+    """A submission or request that cannot be accepted; the message gives the reason and the fix."""
 
 
 @dataclass
 class Tracker:
-    """What the supervisor remembers of one pipeline between visits (rebuilt after a restart)."""
+    """The supervisor's memory of one pipeline between visits, rebuilt after a restart."""
 
     readers: dict[str, LogReader] = field(default_factory=dict)
     input_end: int = -1
@@ -83,6 +83,8 @@ class ControlPlane:
         self.cluster: StandaloneCluster | None = None
         self._connect: dict | None = None
         self._lock = threading.RLock()
+        # The API's requests and the supervisor both import ledger lines; one at a time.
+        self._ledger_lock = threading.Lock()
         self._trackers: dict[str, Tracker] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -606,6 +608,13 @@ class ControlPlane:
         log.error("pipeline %s failed: %s", record["name"], message)
 
     def _import_ledger(self, record: dict) -> None:
+        with self._ledger_lock:
+            current = self.registry.get(record["name"])
+            if current is not None:
+                record["ledger_offset"] = current["ledger_offset"]
+                self._import_ledger_lines(record)
+
+    def _import_ledger_lines(self, record: dict) -> None:
         path = self._runtime_dir(record["name"]) / "ledger.jsonl"
         try:
             with open(path, "rb") as ledger:

@@ -208,7 +208,7 @@ def price(holdings: list[Holding], table: PriceTable, key: str) -> Bill:
 
 
 def format_bill(bill: Bill, pipeline: str) -> str:
-    """The bill as text for a terminal: the total, then the usage it comes from."""
+    """Format the bill for a terminal: the total, then the usage it comes from."""
     held = sum(line.holding.seconds for line in bill.lines)
     billed = sum(line.billed_seconds for line in bill.lines)
     drivers = sum(1 for line in bill.lines if line.holding.kind == "driver")

@@ -87,7 +87,7 @@ class Conflict(ValueError):
 
 
 def engine_for(url: str) -> Engine:
-    """An engine for ``url``; ``postgresql://`` uses the psycopg 3 driver."""
+    """Create an engine for ``url``; ``postgresql://`` uses the psycopg 3 driver."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return create_engine(url, pool_pre_ping=True)
@@ -177,7 +177,7 @@ class Registry:
         return result.rowcount
 
     def holdings(self, name: str, now: float | None = None) -> list[Holding]:
-        """Every worker the pipeline held; one still held is counted up to ``now``."""
+        """Return every worker the pipeline held; one still held is counted up to ``now``."""
         now = time.time() if now is None else now
         with self.engine.connect() as connection:
             rows = connection.execute(select(holdings).where(holdings.c.pipeline == name)

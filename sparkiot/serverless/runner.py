@@ -44,7 +44,7 @@ REASSERT_SECONDS = 5.0
 
 
 def held_memory_mib(memory_bytes: int) -> int:
-    """The memory a Spark driver or executor container holds: heap plus Spark's default overhead.
+    """Return the memory in MiB that a Spark driver or executor container holds: heap plus Spark's default overhead.
 
     Spark adds ``max(384 MiB, 10%)`` of overhead to each container, and the platforms size
     workers to fit both.

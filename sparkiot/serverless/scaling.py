@@ -29,7 +29,7 @@ from sparkiot.config import ConfigError, ServerlessConfig
 
 @dataclass(frozen=True)
 class Metrics:
-    """What a policy sees of one pipeline; rates are readings per second, times are seconds."""
+    """The metrics a policy reads of one pipeline; rates are readings per second, times are seconds."""
 
     time: float
     input_rate: float
@@ -76,9 +76,9 @@ class TargetTracking:
 
     The wanted count is ``ceil(executors * utilization / target)``. A backlog that the current
     rate cannot clear within one interval counts as full utilization. Scaling out waits
-    ``scale_out_cooldown`` after the previous change and scaling in waits ``scale_in_cooldown``;
-    scaling in goes one executor at a time, so a short lull does not drop capacity that the next
-    peak needs.
+    ``scale_out_cooldown`` after the previous change, and scaling in waits ``scale_in_cooldown``.
+    Scaling in removes one executor at a time, so a short lull does not drop capacity that the
+    next peak needs.
     """
 
     def __init__(self, config: ServerlessConfig) -> None:

@@ -31,7 +31,7 @@ class ClusterConfig(_Section):
 
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
-    port: int = Field(default=8765, ge=0, le=65535)
+    port: int = Field(default=8765, ge=1, le=65535)
     token: str | None = Field(
         default=None, min_length=16,
         description=f"bearer token; else ${TOKEN_VARIABLE}; else one is generated into STATE_DIR/token",

@@ -163,8 +163,8 @@ class StreamingJob:
                  remote: bool = False) -> None:
         """``on_batch(query_name, batch_id, rows)`` is called after each micro-batch's output is written.
 
-        With ``remote`` (a Spark Connect session) the batch functions run in the server and append
-        to ``remote_batch_log`` instead; progress comes from :meth:`poll_progress`, and
+        With ``remote`` (a Spark Connect session), the batch functions run in the server and append
+        to ``remote_batch_log`` instead. Progress then comes from :meth:`poll_progress`, and
         ``rows_written`` stays empty.
         """
         self.spark = spark
@@ -424,9 +424,9 @@ def write_windows(config: PipelineConfig, df: DataFrame, batch_id: int) -> int:
 class RemoteBatchWriter:
     """The foreachBatch function of a query on Spark Connect, where it runs in the server's Python worker.
 
-    It holds only the configuration (as JSON) and the path of the batch log, so it pickles; it
-    appends each batch's rows and completion time to ``batch_log`` itself, since the driver-side
-    counters of :class:`StreamingJob` live in another process.
+    It holds only the configuration (as JSON) and the path of the batch log, so it pickles. It
+    appends each batch's rows and completion time to ``batch_log`` itself, because the counters
+    of :class:`StreamingJob` live in another process.
     """
 
     def __init__(self, config: PipelineConfig, query: str, batch_log: str | None) -> None:
