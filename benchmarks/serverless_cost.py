@@ -109,7 +109,7 @@ def run_regime(serve: ServeProcess, broker: str, label: str, serverless: dict, r
     wait(lambda: read_counters(data_dir).get("subscribed"), 120, "the ingest to subscribe")
     wait(lambda: serve.client.status(name)["state"] == "running", 300, f"{name} to run")
     # Warm-up: the first batch on fresh executors starts their Python workers, which takes
-    # seconds; the replay is measured on a warm runtime, as a long-running pipeline would be.
+    # seconds. The replay is measured on a warm runtime, as a long-running pipeline would be.
     warmup = RatePublisher(broker, topic, lambda t: 50.0 if t < 4 else 0.0, prefix="w").start()
     time.sleep(4.5)
     warmup.stop()
@@ -160,7 +160,11 @@ def _stored(data_dir: Path) -> list[str]:
     path = data_dir / "tables" / "readings"
     if not path.exists() or not any(path.rglob("*.parquet")):
         return []
-    return pd.read_parquet(path, columns=["msg_id"])["msg_id"].tolist()
+    try:
+        return pd.read_parquet(path, columns=["msg_id"])["msg_id"].tolist()
+    except (OSError, ValueError):
+        # A micro-batch is writing its files right now; the callers poll again.
+        return []
 
 
 def main() -> int:

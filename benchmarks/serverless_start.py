@@ -4,8 +4,8 @@ The script runs ``sparkiot serve`` as a child process against a tuned Mosquitto 
 port, with a standalone cluster of one worker (3 cores, 3 GiB) and pipelines of 1-core, 512 MiB
 executors. Three figures, side by side in one run:
 
-* **always on** (the baseline): a runtime that is already running; from the publish call of one
-  message of 100 readings to the end of the micro-batch that stored them;
+* **always on** (the baseline): a runtime that is already running. The time runs from the
+  publish call of one message of 100 readings to the end of the micro-batch that stored them;
 * **warm submit**: the control plane and the cluster are up; readings arrive every 100 ms on the
   pipeline's topic; from the submit request to the end of the first micro-batch with rows (the
   ingest's start, the Spark session, the queries and the first batch);
@@ -45,7 +45,7 @@ def publish_burst(client, topic: str, tag: str) -> float:
 
 
 def batch_end_after(serve: ServeProcess, name: str, after: float, timeout: float = 240) -> float:
-    """The completion time of the first readings batch with rows that ended after ``after``."""
+    """Return the completion time of the first readings batch with rows that ended after ``after``."""
     log = serve.runtime_dir(name) / "batches.jsonl"
     found: list[float] = []
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 log = logging.getLogger("sparkiot")
@@ -15,14 +16,22 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from sparkiot.serverless.api import create_app
-    from sparkiot.serverless.control import ControlPlane
+    from sparkiot.serverless.control import AlreadyRunning, ControlPlane
     from sparkiot.serverless.settings import load_serve_config
 
     settings = load_serve_config(args.config, host=args.host, port=args.port, state_dir=args.state_dir,
                                  registry=args.registry, prices=args.prices)
     if settings.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: the API is reachable beyond this machine; keep the token secret and use TLS in front", settings.host)
-    control = ControlPlane(settings)
+    problem = _port_problem(settings.host, settings.port)
+    if problem:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {problem}; choose another --port", file=sys.stderr)
+        return 2
+    try:
+        control = ControlPlane(settings)
+    except AlreadyRunning as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     control.start()
     if settings.token:
         source = "the configuration"
@@ -38,6 +47,24 @@ def cmd_serve(args) -> int:
 
     uvicorn.run(create_app(control, on_shutdown=on_shutdown), host=settings.host, port=settings.port, log_level="warning")
     return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Return why ``host:port`` cannot be listened on, checked before any pipeline is touched."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return str(exc)
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 def _client(args):
@@ -126,7 +153,17 @@ def cmd_status(args) -> int:
 def cmd_stop(args) -> int:
     def action(client) -> int:
         record = client.stop(args.name)
-        print(f"{record['name']}: {record['state']}; the runtime drains what landed, then stops")
+        if not args.wait:
+            print(f"{record['name']}: {record['state']}; the runtime drains what landed, then stops")
+            return 0
+        deadline = time.monotonic() + args.timeout
+        while record["state"] != "stopped":
+            if time.monotonic() > deadline:
+                print(f"error: {args.name} is still {record['state']} after {args.timeout:g} s", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+            record = client.status(args.name)
+        print(f"{args.name}: stopped")
         return 0
 
     return _run(args, action)
@@ -160,15 +197,25 @@ def cmd_logs(args) -> int:
 
 
 def cmd_scale(args) -> int:
-    if args.executors is None and args.trigger is None:
-        print("error: give --executors N, --trigger SECONDS or both", file=sys.stderr)
+    if args.auto and (args.executors is not None or args.trigger is not None):
+        print("error: give --auto alone, or --executors and --trigger", file=sys.stderr)
+        return 2
+    if not args.auto and args.executors is None and args.trigger is None:
+        print("error: give --executors N, --trigger SECONDS, both, or --auto", file=sys.stderr)
         return 2
 
     def action(client) -> int:
-        status = client.scale(args.name, args.executors, args.trigger)
-        print(f"{args.name}: target executors {args.executors if args.executors is not None else status['target_executors']}, "
-              f"trigger {args.trigger if args.trigger is not None else status['progress']['trigger']} s "
-              "(automatic scaling paused for this pipeline until the control plane restarts)")
+        if args.auto:
+            client.scale(args.name, automatic=True)
+            print(f"{args.name}: back to its configured scaling policy")
+            return 0
+        client.scale(args.name, args.executors, args.trigger)
+        settings = []
+        if args.executors is not None:
+            settings.append(f"{args.executors} executors")
+        if args.trigger is not None:
+            settings.append(f"a {args.trigger:g} s trigger")
+        print(f"{args.name}: {' and '.join(settings)} by hand, kept at every start until 'sparkiot scale {args.name} --auto'")
         return 0
 
     return _run(args, action)
@@ -222,8 +269,13 @@ def add_serverless_commands(commands) -> None:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
+    stop = client_parser("stop", "stop a pipeline: the ingest stops, Spark drains what landed, then stops")
+    stop.add_argument("name")
+    stop.add_argument("--wait", action="store_true", help="return once the pipeline is stopped")
+    stop.add_argument("--timeout", type=float, default=300.0, help="seconds --wait waits at most (default 300)")
+    stop.set_defaults(handler=cmd_stop)
+
     for name, handler, help_text in (
-        ("stop", cmd_stop, "stop a pipeline: the ingest stops, Spark drains what landed, then stops"),
         ("start", cmd_start, "start a stopped or failed pipeline again from its checkpoints"),
         ("delete", cmd_delete, "remove a stopped pipeline from the registry (its data directory stays)"),
     ):
@@ -237,10 +289,11 @@ def add_serverless_commands(commands) -> None:
     logs.add_argument("--lines", type=int, default=100)
     logs.set_defaults(handler=cmd_logs)
 
-    scale = client_parser("scale", "set a standalone pipeline's executors or trigger by hand")
+    scale = client_parser("scale", "set a pipeline's executors or trigger by hand, or return it to its policy")
     scale.add_argument("name")
-    scale.add_argument("--executors", type=int)
+    scale.add_argument("--executors", type=int, help="executors to hold (standalone runtime)")
     scale.add_argument("--trigger", type=float, help="micro-batch trigger interval in seconds")
+    scale.add_argument("--auto", action="store_true", help="drop the settings made by hand")
     scale.set_defaults(handler=cmd_scale)
 
     cost = client_parser("cost", "print a pipeline's bill on a serverless platform's prices")

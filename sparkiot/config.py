@@ -8,6 +8,7 @@ keys are rejected, so a misspelt option fails loudly instead of being ignored.
 from __future__ import annotations
 
 import re
+import reprlib
 import string
 from datetime import datetime, timezone
 from pathlib import Path
@@ -494,6 +495,15 @@ def _shorten(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 60, 60, 6, 6
+
+
+def _shown(value) -> str:
+    """Return a short representation of a bad value; a huge nested one is cut before it is built."""
+    return _shorten(_REPR.repr(value))
+
+
 def read_yaml_mapping(path: str | Path, *, label: str = "pipeline file") -> dict:
     """Read a YAML file that must hold a mapping; raise :class:`ConfigError` naming the problem."""
     path = Path(path)
@@ -541,7 +551,7 @@ def validate_model(model: type[BaseModel], raw: dict, *, origin: str, label: str
             if error["type"] == "extra_forbidden":
                 message = f"unknown option: check the spelling against {example}"
             value = error.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {_shorten(repr(value))})"
+            shown = "" if isinstance(value, dict) else f" (got {_shown(value)})"
             lines.append(f"  {where}: {message}{shown}")
         raise ConfigError(f"invalid {label} in {origin}:\n" + "\n".join(lines)) from None
 

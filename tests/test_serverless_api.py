@@ -6,11 +6,13 @@ registry, and the standalone tests cover the runtimes.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fastapi.testclient import TestClient
 
 from sparkiot.serverless.api import create_app
-from sparkiot.serverless.control import ControlPlane
+from sparkiot.serverless.control import AlreadyRunning, ControlPlane
 from sparkiot.serverless.settings import ServeConfig
 
 TOKEN = "t0ken-for-the-api-tests-0123456789"
@@ -42,7 +44,7 @@ def control(tmp_path):
     # Delete needs a stopped pipeline; without a supervisor nothing else would stop it.
     plane.registry.update("p", desired="stopped", state="stopped")
     yield plane
-    plane.registry.close()
+    plane.shutdown(stop_pipelines=False)
 
 
 @pytest.fixture
@@ -67,7 +69,7 @@ def test_each_endpoint_refuses_a_wrong_token(api, control, method, path, body, e
     response = call(api, method, path, body, {"Authorization": f"Bearer {TOKEN[:-1]}X"})
     assert response.status_code == 401
     assert response.json()["detail"] == "wrong bearer token"
-    # Nothing happened: the registry holds the one pipeline, unchanged.
+    # Nothing happened: the registry contains the one pipeline, unchanged.
     assert [record["name"] for record in control.registry.list()] == ["p"]
     assert control.record("p")["state"] == "stopped"
 
@@ -125,13 +127,70 @@ def test_a_bad_submission_is_refused_with_the_reason(api, control, text, status,
     assert [record["name"] for record in control.registry.list()] == ["p"]
 
 
-def test_two_pipelines_cannot_share_a_data_directory(api, tmp_path):
-    shared = tmp_path / "shared-data"
-    first = f"name: a\ndata_dir: {shared}\nsource: {{broker: 'mqtt://127.0.0.1:1883'}}"
+def test_two_pipelines_cannot_share_or_nest_data_directories(api, control):
+    first = "name: a\ndata_dir: shared-data\nsource: {broker: 'mqtt://127.0.0.1:1883'}"
     assert api.post("/pipelines", json={"yaml": first}, headers=auth()).status_code == 201
-    response = api.post("/pipelines", json={"yaml": first.replace("name: a", "name: b")}, headers=auth())
-    assert response.status_code == 409
-    assert "already uses data_dir" in response.json()["detail"]
+    for data_dir in ("shared-data", "shared-data/inner"):
+        text = first.replace("name: a", "name: b").replace("shared-data", data_dir)
+        response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+        assert response.status_code == 409
+        assert "overlaps" in response.json()["detail"]
+    assert [record["name"] for record in control.registry.list()] == ["a", "p"]
+
+
+def test_a_data_dir_outside_the_allowed_folders_is_refused(api, tmp_path):
+    for data_dir in (str(tmp_path / "elsewhere"), "../../escape"):
+        text = f"name: x\ndata_dir: {data_dir}\nsource: {{broker: 'mqtt://127.0.0.1:1883'}}"
+        response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+        assert response.status_code == 422
+        assert "outside the folders this control plane writes to" in response.json()["detail"]
+
+
+def test_yaml_aliases_and_huge_bodies_are_refused(api):
+    bomb = "name: x\nsource: {broker: 'mqtt://127.0.0.1:1883'}\na: &a [1, 2]\nb: [*a, *a]"
+    response = api.post("/pipelines", json={"yaml": bomb}, headers=auth())
+    assert response.status_code == 422
+    assert "YAML alias" in response.json()["detail"]
+    response = api.post("/pipelines", content=b"x" * (3 * 1024 * 1024), headers={**auth(), "content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_an_unloadable_scaling_policy_is_refused_at_submit(api):
+    text = "name: x\nsource: {broker: 'mqtt://127.0.0.1:1883'}\nserverless: {scaling: {policy: 'nowhere_at_all:Policy'}}"
+    response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+    assert response.status_code == 422
+    assert "cannot import nowhere_at_all" in response.json()["detail"]
+
+
+def test_manual_scaling_is_kept_for_the_next_start_until_automatic(api, control):
+    assert api.put("/pipelines/p/scaling", json={}, headers=auth()).status_code == 422
+    response = api.put("/pipelines/p/scaling", json={"trigger": 3.0}, headers=auth())
+    assert response.status_code == 200
+    manual = control.state_dir / "pipelines" / "p" / "manual.json"
+    assert json.loads(manual.read_text()) == {"trigger": 3.0}
+    assert response.json()["scaling"][-1]["reason"] == "manual, applied at the next start"
+    assert api.put("/pipelines/p/scaling", json={"automatic": True}, headers=auth()).status_code == 200
+    assert not manual.exists()
+
+
+def test_a_second_control_plane_on_the_same_state_directory_is_refused(control):
+    with pytest.raises(AlreadyRunning) as error:
+        ControlPlane(ServeConfig(state_dir=str(control.state_dir), token=TOKEN))
+    assert "another control plane" in str(error.value)
+
+
+def test_a_resubmitted_name_starts_a_new_ledger(api, control):
+    runtime = control.state_dir / "pipelines" / "p" / "runtime"
+    runtime.mkdir(parents=True)
+    (runtime / "ledger.jsonl").write_text(json.dumps(
+        {"event": "start", "epoch": 1, "kind": "driver", "id": "driver", "cores": 4, "memory_mib": 8192, "time": 0.0}) + "\n"
+        + json.dumps({"event": "stop", "epoch": 1, "kind": "driver", "id": "driver", "time": 3600.0}) + "\n")
+    assert float(api.get("/pipelines/p/cost", headers=auth()).json()["exact"]) > 0
+    assert api.delete("/pipelines/p", headers=auth()).status_code == 204
+    assert api.post("/pipelines", json={"yaml": PIPELINE}, headers=auth()).status_code == 201
+    bill = api.get("/pipelines/p/cost", headers=auth()).json()
+    assert bill["workers"] == 0
+    assert bill["total"] == "0.00"
 
 
 def test_requests_about_unknown_or_running_pipelines_are_refused(api, control):
@@ -139,7 +198,7 @@ def test_requests_about_unknown_or_running_pipelines_are_refused(api, control):
     control.registry.update("p", desired="running", state="running")
     response = api.delete("/pipelines/p", headers=auth())
     assert response.status_code == 409
-    assert "stop it first" in response.json()["detail"]
+    assert "wait until its state is stopped" in response.json()["detail"]
     response = api.put("/pipelines/p/scaling", json={"executors": 2}, headers=auth())
     assert response.status_code == 422
     assert "local runtime" in response.json()["detail"]
@@ -158,10 +217,12 @@ def test_a_relative_data_dir_lands_under_the_state_directory(control):
 def test_a_generated_token_is_kept_private_and_reused(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARKIOT_TOKEN", raising=False)
     first = ControlPlane(ServeConfig(state_dir=str(tmp_path / "s")))
+    token = first.token
+    first.shutdown(stop_pipelines=False)
     second = ControlPlane(ServeConfig(state_dir=str(tmp_path / "s")))
     path = tmp_path / "s" / "token"
-    assert first.token == second.token == path.read_text().strip()
-    assert len(first.token) >= 32
+    assert second.token == token
+    assert token == path.read_text().strip()
+    assert len(token) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
-    for plane in (first, second):
-        plane.registry.close()
+    second.shutdown(stop_pipelines=False)

@@ -13,8 +13,9 @@ from sparkiot.serverless.metering import DEFAULT_PRICES, Holding, billed_seconds
 
 HOUR = 3600.0
 
-# A driver for ten hours; an executor that lived 30 s (under every minimum); one that lived three
-# hours and half a second; and a two-core executor with 20 GiB, beyond Dataproc's 8 GB per vCPU.
+# A driver for ten hours, and an executor that lived 30 s, under every minimum. Another executor
+# lived three hours and half a second. The last has two cores and 20 GiB, beyond Dataproc's
+# 8 GB per vCPU.
 TIMELINE = [
     Holding("driver", "driver", 1, 1408, 1000.0, 1000.0 + 10 * HOUR + 0.4),
     Holding("executor", "executor-1", 1, 896, 1010.0, 1040.0),

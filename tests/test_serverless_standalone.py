@@ -149,13 +149,19 @@ def test_submit_then_scale_up_and_down(server, unique, mosquitto):
     wait_for(lambda: status(server, name)["executors"] == 1, 120, "one executor")
     wait_for(lambda: server.master_apps()[0]["cores"] == 1, 30, "the master to report one core")
 
-    # Readings published after the scaling reach the table once each; the first 300 again are duplicates.
+    # A new trigger interval restarts the queries from their checkpoints.
+    server.client.scale(name, trigger=2.0)
+    runtime = Path(data_dir).parent / "runtime"
+    wait_for(lambda: json.loads((runtime / "status.json").read_text())["trigger"] == 2.0, 60, "the 2 s trigger")
+
+    # Readings published after the changes reach the table once each; the first 300 again are duplicates.
     wait_stored(data_dir, publish(topic, 0, 500))
     stop_and_wait(server, name)
     # With no pipeline left on it, the control plane stops the cluster too.
     wait_for(lambda: not (server.dir / "state" / "cluster" / "cluster.json").exists(), 60, "the cluster to stop")
     events = [(event["executors_from"], event["executors_to"]) for event in status(server, name)["scaling"]]
-    assert (1, 3) in events and (3, 1) in events
+    assert (1, 3) in events
+    assert (3, 1) in events
     bill = server.client.cost(name, "emr_serverless")
     # The driver, the first executor and the two added ones.
     assert bill["workers"] == 4

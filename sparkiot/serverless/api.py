@@ -13,14 +13,16 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
-from fastapi import Depends, FastAPI, HTTPException, Query, status
-from fastapi.responses import Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from sparkiot.config import ConfigError
 from sparkiot.serverless.control import LOG_SOURCES, ControlPlane, Invalid, NotFound
 from sparkiot.serverless.registry import Conflict
+
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
 class Submission(BaseModel):
@@ -30,6 +32,7 @@ class Submission(BaseModel):
 class ScalingRequest(BaseModel):
     executors: int | None = Field(default=None, ge=1, le=256, description="executors to hold (standalone runtime)")
     trigger: float | None = Field(default=None, gt=0, description="micro-batch trigger interval in seconds")
+    automatic: bool = Field(default=False, description="drop the settings made by hand and return to the configured policy")
 
 
 class PipelineSummary(BaseModel):
@@ -64,6 +67,19 @@ def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None 
         version="1",
     )
     bearer = HTTPBearer(auto_error=False)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(status_code=413, content={
+                "detail": f"request body larger than {MAX_BODY_BYTES // 1024 // 1024} MiB; a pipeline file is a few KiB"})
+        return await call_next(request)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound):
+        # A pipeline deleted between the lookup and the action.
+        return JSONResponse(status_code=404, content={"detail": f"no pipeline named {exc.args[0]!r}; GET /pipelines lists them"})
 
     def authorized(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if credentials is None or credentials.scheme.lower() != "bearer":
@@ -116,7 +132,10 @@ def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None 
     @app.post("/pipelines/{name}/start", dependencies=guarded, response_model=PipelineSummary)
     def start(name: str):
         lookup(name)
-        return summary(control.resume(name))
+        try:
+            return summary(control.resume(name))
+        except Invalid as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
 
     @app.delete("/pipelines/{name}", status_code=204, dependencies=guarded)
     def delete(name: str):
@@ -147,7 +166,7 @@ def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None 
     def scale(name: str, request: ScalingRequest) -> dict:
         lookup(name)
         try:
-            return control.scale(name, request.executors, request.trigger)
+            return control.scale(name, request.executors, request.trigger, automatic=request.automatic)
         except Invalid as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 

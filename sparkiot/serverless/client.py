@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -67,22 +68,28 @@ class Client:
         return self.request("GET", "/pipelines")
 
     def status(self, name: str) -> dict:
-        return self.request("GET", f"/pipelines/{name}")
+        return self.request("GET", f"/pipelines/{_segment(name)}")
 
     def stop(self, name: str) -> dict:
-        return self.request("POST", f"/pipelines/{name}/stop")
+        return self.request("POST", f"/pipelines/{_segment(name)}/stop")
 
     def start(self, name: str) -> dict:
-        return self.request("POST", f"/pipelines/{name}/start")
+        return self.request("POST", f"/pipelines/{_segment(name)}/start")
 
     def delete(self, name: str) -> None:
-        return self.request("DELETE", f"/pipelines/{name}")
+        return self.request("DELETE", f"/pipelines/{_segment(name)}")
 
     def logs(self, name: str, source: str = "events", lines: int = 100) -> dict:
-        return self.request("GET", f"/pipelines/{name}/logs", params={"source": source, "lines": lines})
+        return self.request("GET", f"/pipelines/{_segment(name)}/logs", params={"source": source, "lines": lines})
 
     def cost(self, name: str, platform: str) -> dict:
-        return self.request("GET", f"/pipelines/{name}/cost", params={"platform": platform})
+        return self.request("GET", f"/pipelines/{_segment(name)}/cost", params={"platform": platform})
 
-    def scale(self, name: str, executors: int | None = None, trigger: float | None = None) -> dict:
-        return self.request("PUT", f"/pipelines/{name}/scaling", json={"executors": executors, "trigger": trigger})
+    def scale(self, name: str, executors: int | None = None, trigger: float | None = None, *, automatic: bool = False) -> dict:
+        return self.request("PUT", f"/pipelines/{_segment(name)}/scaling",
+                            json={"executors": executors, "trigger": trigger, "automatic": automatic})
+
+
+def _segment(name: str) -> str:
+    """Quote a pipeline name for a URL path, so that '#', '?' or '/' cannot change the request."""
+    return quote(name, safe="")

@@ -17,11 +17,13 @@ killed leaves them running and its successor adopts them by process id and start
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -55,6 +57,10 @@ class NotFound(KeyError):
     pass
 
 
+class AlreadyRunning(RuntimeError):
+    """Another control plane holds the state directory."""
+
+
 class Invalid(ValueError):
     """A submission or request that cannot be accepted; the message gives the reason and the fix."""
 
@@ -70,6 +76,7 @@ class Tracker:
     next_decision: float = 0.0
     control_seq: int = 0
     stop_sent: float | None = None
+    ingest_stop_sent: float | None = None
     ingest_restarts: int = 0
 
 
@@ -78,19 +85,46 @@ class ControlPlane:
         self.settings = settings
         self.state_dir = settings.state_path.resolve()
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._lock_state_dir()
+        self.data_roots = [Path(root).resolve() for root in settings.data_roots] or [self.state_dir]
         self.registry = Registry(settings.registry_url)
         self.prices = load_prices(settings.prices)
         self.cluster: StandaloneCluster | None = None
         self._connect: dict | None = None
+        # Submissions one at a time; the shared cluster and Connect server started or stopped one at a time.
         self._lock = threading.RLock()
+        self._cluster_lock = threading.RLock()
         # The API's requests and the supervisor both import ledger lines; one at a time.
         self._ledger_lock = threading.Lock()
+        # The supervisor's visit of a pipeline and the requests that change it, one at a time.
+        self._pipeline_locks: dict[str, threading.RLock] = {}
         self._trackers: dict[str, Tracker] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.token = settings.resolved_token() or self._generated_token()
 
     # -- lifecycle -----------------------------------------------------------------------------
+
+    def _lock_state_dir(self):
+        """Hold an exclusive lock on ``STATE_DIR/lock`` for this process's life, or raise :class:`AlreadyRunning`."""
+        handle = open(self.state_dir / "lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise AlreadyRunning(f"another control plane (pid {holder}) uses the state directory {self.state_dir}; "
+                                 "stop it first, or give this one another --state-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def _plock(self, name: str) -> threading.RLock:
+        with self._lock:
+            return self._pipeline_locks.setdefault(name, threading.RLock())
 
     def _generated_token(self) -> str:
         path = self.state_dir / "token"
@@ -126,20 +160,35 @@ class ControlPlane:
             self._thread.join(timeout=30)
         if stop_pipelines:
             for record in self.registry.list():
-                if record["state"] in ("stopped", "failed"):
-                    continue
-                self._stop_processes(record, wait=True)
-                if record["desired"] != "running":
-                    state = "stopped"
-                else:
-                    state = "idle" if record["state"] == "idle" else "suspended"
-                self.registry.update(record["name"], state=state, runner_pid=None, ingest_pid=None)
-                self._event(record["name"], f"control plane stopped; pipeline {state}")
-            if self.cluster is not None:
-                self.cluster.stop()
-                self.cluster = None
-            self._stop_connect()
+                try:
+                    self._suspend(record)
+                except Exception:  # noqa: BLE001 - the other pipelines and the cluster must still stop
+                    log.exception("stopping pipeline %s failed", record["name"])
+            with self._cluster_lock:
+                if self.cluster is not None:
+                    self.cluster.stop()
+                    self.cluster = None
+                self._stop_connect()
         self.registry.close()
+        self._lock_file.close()
+
+    def _suspend(self, record: dict) -> None:
+        """Stop a pipeline's processes for a control plane shutdown, keeping what it is wanted to do."""
+        if record["state"] in ("stopped", "failed") and not self._alive(record):
+            return
+        tracker = self._tracker(record["name"])
+        deadline = time.monotonic() + self.settings.drain_timeout + 60
+        while not self._stop_step(record, tracker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self._close_dead_runtime(self.record(record["name"]), self.runtime_status(record["name"]) or {})
+        if record["desired"] != "running":
+            state = "stopped"
+        elif record["state"] in ("idle", "failed"):
+            state = record["state"]
+        else:
+            state = "suspended"
+        self.registry.update(record["name"], state=state, runner_pid=None, ingest_pid=None)
+        self._event(record["name"], f"control plane stopped; pipeline {state}")
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -148,8 +197,12 @@ class ControlPlane:
         config = self._validate(yaml_text)
         with self._lock:
             for other in self.registry.list():
-                if Path(other["data_dir"]) == config.data_path and other["name"] != config.name:
-                    raise Conflict(f"pipeline {other['name']!r} already uses data_dir {config.data_path}; give this one its own")
+                theirs = Path(other["data_dir"])
+                if other["name"] != config.name and (
+                        theirs == config.data_path or theirs.is_relative_to(config.data_path)
+                        or config.data_path.is_relative_to(theirs)):
+                    raise Conflict(f"pipeline {other['name']!r} uses data_dir {theirs}, which overlaps {config.data_path}; "
+                                   "give this one a folder of its own")
             record = self.registry.create(config.name, yaml_text, config.model_dump(mode="json"), str(config.data_path))
         self._run_dir(config.name).mkdir(parents=True, exist_ok=True)
         self._event(config.name, f"submitted (runtime {config.serverless.runtime}, data_dir {config.data_path})")
@@ -159,6 +212,9 @@ class ControlPlane:
         if len(yaml_text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
             raise Invalid(f"the pipeline file is larger than {MAX_YAML_BYTES // 1024} KiB; a pipeline file is a few KiB of YAML")
         try:
+            # Aliases let a few hundred bytes expand to gigabytes, and a pipeline file needs none.
+            if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(yaml_text, Loader=yaml.SafeLoader)):
+                raise Invalid("the pipeline file uses a YAML alias (*name); write the values out instead")
             raw = yaml.safe_load(yaml_text)
         except (yaml.YAMLError, RecursionError) as exc:
             raise Invalid(f"the pipeline file is not valid YAML: {str(exc)[:300]}") from None
@@ -176,10 +232,19 @@ class ControlPlane:
         if config.source.broker == "embedded":
             raise Invalid("source.broker is 'embedded', which lives only as long as one 'sparkiot run'; a served pipeline "
                           "needs a broker of its own, such as mqtt://127.0.0.1:1883 (Mosquitto)")
+        try:
+            load_policy(config.serverless)
+        except ConfigError as exc:
+            raise Invalid(str(exc)) from None
         data_dir = Path(config.data_dir)
         if not data_dir.is_absolute():
             data_dir = self._run_dir(config.name) / "data" if config.data_dir == "sparkiot-data" else self.state_dir / data_dir
-        config = config.model_copy(update={"data_dir": str(data_dir.resolve())})
+        data_dir = data_dir.resolve()
+        if not any(data_dir.is_relative_to(root) for root in self.data_roots):
+            roots = ", ".join(str(root) for root in self.data_roots)
+            raise Invalid(f"data_dir {data_dir} is outside the folders this control plane writes to ({roots}); "
+                          "use a relative data_dir, or add a folder to data_roots in the control plane's configuration")
+        config = config.model_copy(update={"data_dir": str(data_dir)})
         from sparkiot.pipeline import checkpoint_conflict
 
         conflict = checkpoint_conflict(config)
@@ -194,31 +259,63 @@ class ControlPlane:
         return record
 
     def stop(self, name: str) -> dict:
-        self.record(name)
-        self.registry.update(name, desired="stopped", state="stopping")
-        self._event(name, "stop requested")
-        return self.record(name)
+        with self._plock(name):
+            record = self.record(name)
+            if record["state"] != "stopped":
+                self.registry.update(name, desired="stopped", state="stopping")
+                self._event(name, "stop requested")
+            return self.record(name)
 
     def resume(self, name: str) -> dict:
-        record = self.record(name)
-        if record["desired"] == "running" and record["state"] not in ("failed", "stopped"):
-            return record
-        self.registry.update(name, desired="running", state="starting", restarts=0, message="")
-        self._trackers.pop(name, None)
-        self._event(name, "start requested")
-        return self.record(name)
+        with self._plock(name):
+            record = self.record(name)
+            if record["desired"] == "running" and record["state"] not in ("failed", "stopped"):
+                return record
+            if self._alive(record):
+                raise Invalid(f"pipeline {name!r} is still {record['state']}; start it once its state is stopped")
+            self.registry.update(name, desired="running", state="starting", restarts=0, message="",
+                                 runner_pid=None, ingest_pid=None)
+            self._trackers.pop(name, None)
+            self._event(name, "start requested")
+            return self.record(name)
 
     def delete(self, name: str) -> None:
-        record = self.record(name)
-        if record["state"] not in ("stopped", "failed"):
-            raise Invalid(f"pipeline {name!r} is {record['state']}; stop it first (POST /pipelines/{name}/stop)")
-        self.registry.delete(name)
-        self._trackers.pop(name, None)
+        """Remove a stopped pipeline from the registry with its runtime files; its data directory stays."""
+        with self._plock(name):
+            record = self.record(name)
+            if record["state"] not in ("stopped", "failed") or self._alive(record):
+                raise Invalid(f"pipeline {name!r} is {record['state']}; stop it and wait until its state is stopped "
+                              f"('sparkiot stop --wait {name}')")
+            self.registry.delete(name)
+            self._trackers.pop(name, None)
+            # A pipeline submitted later under this name starts a new ledger and log.
+            shutil.rmtree(self._runtime_dir(name), ignore_errors=True)
+            for leftover in ("events.log", "manual.json"):
+                (self._run_dir(name) / leftover).unlink(missing_ok=True)
 
-    def scale(self, name: str, executors: int | None, trigger: float | None) -> dict:
-        """Set a standalone pipeline's executor count and trigger by hand; the automatic policy pauses."""
+    def scale(self, name: str, executors: int | None, trigger: float | None, *, automatic: bool = False) -> dict:
+        """Set a pipeline's executor count or trigger by hand, or with ``automatic`` return it to its policy.
+
+        A setting by hand replaces the policy until ``automatic`` is requested, and applies again
+        at every start of the runtime.
+        """
+        with self._plock(name):
+            return self._scale(name, executors, trigger, automatic)
+
+    def _scale(self, name: str, executors: int | None, trigger: float | None, automatic: bool) -> dict:
         record = self.record(name)
         config = build_config(record["config"])
+        manual_path = self._run_dir(name) / "manual.json"
+        if automatic:
+            if executors is not None or trigger is not None:
+                raise Invalid("give either automatic or executors and trigger, not both")
+            manual_path.unlink(missing_ok=True)
+            self._tracker(name).policy = None
+            self.registry.record_scaling(name, None, None, None, "automatic: back to the configured policy")
+            self._event(name, f"scaling: back to policy {config.serverless.scaling.policy}")
+            return self.status(name)
+        if executors is None and trigger is None:
+            raise Invalid("give executors, trigger or both (or automatic: true)")
         if executors is not None:
             if config.serverless.runtime != "standalone":
                 raise Invalid(f"pipeline {name!r} runs on the {config.serverless.runtime} runtime, whose executors are fixed; "
@@ -229,11 +326,32 @@ class ControlPlane:
         if trigger is not None and not 0.05 <= trigger <= 3600:
             raise Invalid(f"trigger {trigger} s is outside [0.05, 3600] seconds")
         tracker = self._tracker(name)
-        fixed_config = config.serverless.model_copy(update={"initial_executors": executors or config.serverless.initial_executors})
-        tracker.policy = FixedPolicy(fixed_config)
         status = self.runtime_status(name) or {}
-        self._send_control(record, tracker, Decision(executors=executors, trigger=trigger, reason="manual"), status)
+        manual = self._manual(name)
+        if executors is not None:
+            manual["executors"] = executors
+        if trigger is not None:
+            manual["trigger"] = trigger
+        manual_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(manual_path, manual)
+        tracker.policy = self._manual_policy(config, manual)
+        if record["state"] in ("starting", "running") and self._alive(record):
+            self._send_control(record, tracker, Decision(executors=executors, trigger=trigger, reason="manual"), status)
+        else:
+            self.registry.record_scaling(name, None, executors, trigger, "manual, applied at the next start")
+            self._event(name, f"scaling: executors {executors}, trigger {trigger} by hand; applied when the runtime starts")
         return self.status(name)
+
+    def _manual(self, name: str) -> dict:
+        try:
+            return json.loads((self._run_dir(name) / "manual.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def _manual_policy(config: PipelineConfig, manual: dict) -> FixedPolicy:
+        executors = manual.get("executors", config.serverless.initial_executors)
+        return FixedPolicy(config.serverless.model_copy(update={"initial_executors": executors}))
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -304,13 +422,17 @@ class ControlPlane:
     def _supervise(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
-            for record in self.registry.list():
+            for name in [record["name"] for record in self.registry.list()]:
                 if self._stop.is_set():
                     break
                 try:
-                    self._visit(record)
+                    with self._plock(name):
+                        # Read again under the lock: a request may have changed the pipeline meanwhile.
+                        record = self.registry.get(name)
+                        if record is not None:
+                            self._visit(record)
                 except Exception:  # noqa: BLE001 - one pipeline's trouble must not stop the others
-                    log.exception("supervising pipeline %s failed", record["name"])
+                    log.exception("supervising pipeline %s failed", name)
             self._maybe_stop_cluster()
             self._stop.wait(max(0.05, self.settings.poll_interval - (time.monotonic() - started)))
 
@@ -319,25 +441,27 @@ class ControlPlane:
         config = build_config(record["config"])
         tracker = self._tracker(name)
         self._import_ledger(record)
-        runner_alive = process_alive(record["runner_pid"], record["runner_started"])
-        ingest_alive = process_alive(record["ingest_pid"], record["ingest_started"])
         status = self.runtime_status(name) or {}
         state = record["state"]
 
-        if record["desired"] == "stopped":
-            if state in ("stopped", "failed"):
+        if record["desired"] == "stopped" or state == "failed":
+            if not self._alive(record):
+                if record["runner_pid"] is not None or record["ingest_pid"] is not None:
+                    self._close_dead_runtime(record, status)
+                    self.registry.update(name, runner_pid=None, ingest_pid=None)
+                if record["desired"] == "stopped" and state != "stopped":
+                    self.registry.update(name, state="stopped")
+                    self._event(name, "stopped")
                 return
-            self._stop_processes(record, wait=False)
-            if not process_alive(record["runner_pid"], record["runner_started"]) and \
-                    not process_alive(record["ingest_pid"], record["ingest_started"]):
-                self._close_dead_runtime(record, status)
-                self.registry.update(name, state="stopped", runner_pid=None, ingest_pid=None)
-                self._event(name, "stopped")
+            if self._stop_step(record, tracker):
+                self._visit(self.record(name))
             return
-        if state == "failed":
-            return
+        if state == "stopped":
+            # Wanted running again after a stop that another request overtook.
+            state = "starting"
+            self.registry.update(name, state=state)
 
-        if not ingest_alive:
+        if not process_alive(record["ingest_pid"], record["ingest_started"]):
             if record["ingest_pid"] is not None:
                 tracker.ingest_restarts += 1
                 self._event(name, f"ingest exited; starting it again ({tracker.ingest_restarts})")
@@ -347,7 +471,7 @@ class ControlPlane:
             self._start_ingest(record, config)
 
         self._track_input(name, config, tracker)
-        if runner_alive:
+        if process_alive(record["runner_pid"], record["runner_started"]):
             self.registry.finish_start(name, record["epoch"], status.get("ready_at"), status.get("first_batch_at"))
             if state == "starting" and status.get("state") == "running":
                 self.registry.update(name, state="running")
@@ -358,6 +482,7 @@ class ControlPlane:
                 self._escalate_stop(record, tracker)
                 return
             if state == "running":
+                self._forgive_restarts(record, status, tracker)
                 self._maybe_scale_to_zero(record, config, tracker, status)
                 self._maybe_decide(record, config, tracker, status)
             return
@@ -384,8 +509,47 @@ class ControlPlane:
                 self._event(name, f"{backlog} records waiting; starting the runtime")
                 self._start_runtime(record, config, "new_data")
             return
-        if state in ("starting", "running", "suspended"):
+        if state in ("starting", "running", "suspended", "scaling_to_zero"):
             self._start_runtime(record, config, "submit" if record["epoch"] == 0 else "resume")
+
+    def _forgive_restarts(self, record: dict, status: dict, tracker: Tracker) -> None:
+        """Reset the restart counts once a runtime has run for five minutes, so that rare crashes never add up."""
+        ready = status.get("ready_at")
+        if ready is not None and time.time() - ready > 300:
+            if record["restarts"]:
+                self.registry.update(record["name"], restarts=0)
+            tracker.ingest_restarts = 0
+
+    def _alive(self, record: dict) -> bool:
+        return process_alive(record["runner_pid"], record["runner_started"]) or \
+            process_alive(record["ingest_pid"], record["ingest_started"])
+
+    def _stop_step(self, record: dict, tracker: Tracker) -> bool:
+        """Advance a stop without waiting; return True once both processes are gone.
+
+        The ingest stops first (SIGTERM, then SIGKILL after 30 s), then the runtime drains what
+        landed (SIGTERM, then SIGKILL after ``drain_timeout``), as ``sparkiot run`` does.
+        """
+        now = time.monotonic()
+        if process_alive(record["ingest_pid"], record["ingest_started"]):
+            if tracker.ingest_stop_sent is None:
+                tracker.ingest_stop_sent = now
+                _send(record["ingest_pid"], signal.SIGTERM)
+            elif now - tracker.ingest_stop_sent > 30:
+                self._event(record["name"], "the ingest did not stop within 30 s; killing it")
+                _send(record["ingest_pid"], signal.SIGKILL, group=True)
+            return False
+        tracker.ingest_stop_sent = None
+        if process_alive(record["runner_pid"], record["runner_started"]):
+            if tracker.stop_sent is None:
+                tracker.stop_sent = now
+                _send(record["runner_pid"], signal.SIGTERM)
+            elif now - tracker.stop_sent > self.settings.drain_timeout:
+                self._event(record["name"], f"the runtime did not drain within {self.settings.drain_timeout:g}s; killing it")
+                _send(record["runner_pid"], signal.SIGKILL, group=True)
+            return False
+        tracker.stop_sent = None
+        return True
 
     def _tracker(self, name: str) -> Tracker:
         tracker = self._trackers.get(name)
@@ -441,7 +605,7 @@ class ControlPlane:
         if backlog > 0:
             return
         self._event(record["name"], f"no new input for {timeout:g}s; stopping the runtime (scale to zero)")
-        self._signal_runner(record, signal.SIGTERM)
+        _send(record["runner_pid"], signal.SIGTERM)
         tracker.stop_sent = time.monotonic()
         self.registry.update(record["name"], state="scaling_to_zero")
 
@@ -450,7 +614,7 @@ class ControlPlane:
             tracker.stop_sent = time.monotonic()
         if time.monotonic() - tracker.stop_sent > self.settings.drain_timeout:
             self._event(record["name"], f"the runtime did not drain within {self.settings.drain_timeout:g}s; killing it")
-            self._signal_runner(record, signal.SIGKILL, group=True)
+            _send(record["runner_pid"], signal.SIGKILL, group=True)
 
     def _maybe_decide(self, record: dict, config: PipelineConfig, tracker: Tracker, status: dict) -> None:
         if config.serverless.runtime != "standalone" or status.get("state") != "running":
@@ -459,12 +623,26 @@ class ControlPlane:
         if now < tracker.next_decision:
             return
         tracker.next_decision = now + config.serverless.scaling.interval
-        if tracker.policy is None:
-            tracker.policy = load_policy(config.serverless)
         metrics = self.metrics(record["name"], config, status)
-        decision = tracker.policy.decide(metrics)
-        if decision is not None:
-            self._send_control(record, tracker, decision, status)
+        try:
+            if tracker.policy is None:
+                manual = self._manual(record["name"])
+                tracker.policy = self._manual_policy(config, manual) if manual else load_policy(config.serverless)
+            decision = tracker.policy.decide(metrics)
+        except Exception as exc:  # noqa: BLE001 - a policy's failure must not stop supervision
+            message = f"scaling policy {config.serverless.scaling.policy} failed: {exc!r}; keeping the executors as they are"
+            log.warning("%s: %s", record["name"], message)
+            self.registry.update(record["name"], message=message)
+            tracker.policy = FixedPolicy(config.serverless.model_copy(update={"initial_executors": metrics.target_executors}))
+            return
+        if decision is None:
+            return
+        low, high = config.serverless.min_executors, config.serverless.max_executors
+        executors = None if decision.executors is None else min(max(decision.executors, low), high)
+        trigger = decision.trigger if decision.trigger != metrics.trigger else None
+        if executors in (None, metrics.target_executors) and trigger is None:
+            return
+        self._send_control(record, tracker, Decision(executors, trigger, decision.reason), status)
 
     def metrics(self, name: str, config: PipelineConfig, status: dict) -> Metrics:
         progress = status.get("progress", {}).get("readings", {})
@@ -515,12 +693,16 @@ class ControlPlane:
         if runtime == "local":
             return f"local[{config.serverless.local_cores}]"
         if runtime == "standalone":
-            with self._lock:
+            with self._cluster_lock:
                 if self.cluster is None:
                     cluster = self._new_cluster()
-                    cluster.start()
+                    try:
+                        cluster.start()
+                    except Exception:
+                        cluster.stop()
+                        raise
                     self.cluster = cluster
-            return self.cluster.url
+                return self.cluster.url
         return self._ensure_connect(config)
 
     def _start_runtime(self, record: dict, config: PipelineConfig, reason: str) -> None:
@@ -544,6 +726,12 @@ class ControlPlane:
         tracker.input_changed = time.time()
         write_json_atomic(runtime_dir / "spec.json", {"pipeline": config.model_dump(mode="json"), "master": master,
                                                       "epoch": epoch})
+        manual = self._manual(name)
+        if manual:
+            # Settings made by hand apply to every epoch until the policy is restored.
+            tracker.control_seq = 1
+            write_json_atomic(runtime_dir / "control.json", {"seq": 1, "executors": manual.get("executors"),
+                                                             "trigger": manual.get("trigger"), "reason": "manual"})
         command = [sys.executable, "-m", "sparkiot.serverless.runner", str(runtime_dir)]
         with open(runtime_dir / "runner.log", "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=spark_environment(),
@@ -552,44 +740,6 @@ class ControlPlane:
                              state="starting", idle_since=None)
         self.registry.record_start(name, epoch, reason, requested)
         self._event(name, f"runtime epoch {epoch} starting on {master} ({reason}, pid {process.pid})")
-
-    def _signal_runner(self, record: dict, signum: int, *, group: bool = False) -> None:
-        if not process_alive(record["runner_pid"], record["runner_started"]):
-            return
-        try:
-            if group:
-                os.killpg(record["runner_pid"], signum)
-            else:
-                os.kill(record["runner_pid"], signum)
-        except OSError:
-            pass
-
-    def _stop_processes(self, record: dict, *, wait: bool) -> None:
-        """Stop the ingest first, then let the runtime drain what landed, as ``sparkiot run`` does."""
-        tracker = self._tracker(record["name"])
-        if process_alive(record["ingest_pid"], record["ingest_started"]):
-            os.kill(record["ingest_pid"], signal.SIGTERM)
-            if not wait:
-                return
-        deadline = time.monotonic() + 30
-        while wait and process_alive(record["ingest_pid"], record["ingest_started"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if process_alive(record["ingest_pid"], record["ingest_started"]):
-            if not wait:
-                return
-            os.killpg(record["ingest_pid"], signal.SIGKILL)
-        if process_alive(record["runner_pid"], record["runner_started"]):
-            if tracker.stop_sent is None:
-                tracker.stop_sent = time.monotonic()
-                self._signal_runner(record, signal.SIGTERM)
-            deadline = time.monotonic() + self.settings.drain_timeout
-            while wait and process_alive(record["runner_pid"], record["runner_started"]) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if time.monotonic() - tracker.stop_sent > self.settings.drain_timeout:
-                self._signal_runner(record, signal.SIGKILL, group=True)
-        if wait:
-            self._import_ledger(self.record(record["name"]))
-            self._close_dead_runtime(self.record(record["name"]), self.runtime_status(record["name"]) or {})
 
     def _close_dead_runtime(self, record: dict, status: dict) -> None:
         """Import the last ledger lines; end any holding the runtime could not close (it was killed)."""
@@ -602,7 +752,8 @@ class ControlPlane:
             self._event(record["name"], f"closed {closed} holdings of epoch {record['epoch']} at its last heartbeat")
 
     def _fail(self, record: dict, message: str) -> None:
-        self._stop_processes(record, wait=False)
+        """Mark the pipeline failed; the supervisor goes on stopping its processes until both are gone."""
+        self._stop_step(record, self._tracker(record["name"]))
         self.registry.update(record["name"], state="failed", message=message)
         self._event(record["name"], f"failed: {message}")
         log.error("pipeline %s failed: %s", record["name"], message)
@@ -649,7 +800,7 @@ class ControlPlane:
             if record["state"] in ("starting", "running", "scaling_to_zero") or \
                     process_alive(record["runner_pid"], record["runner_started"]):
                 busy.add(record["config"]["serverless"]["runtime"])
-        with self._lock:
+        with self._cluster_lock:
             if self.cluster is not None and "standalone" not in busy:
                 log.info("no pipeline runs on the standalone cluster; stopping it")
                 self.cluster.stop()
@@ -673,7 +824,7 @@ class ControlPlane:
         """Start a Spark Connect server (local[N]) on 127.0.0.1 the first time a pipeline needs one."""
         import socket
 
-        with self._lock:
+        with self._cluster_lock:
             if self._connect is None or not process_alive(self._connect["pid"], self._connect["started"]):
                 port = self.settings.connect_port or free_port()
                 log_path = self.state_dir / "logs" / "connect.log"
@@ -697,15 +848,17 @@ class ControlPlane:
                             break
                     except OSError:
                         if not process_alive(process.pid, None):
+                            self._stop_connect()
                             raise RuntimeError(f"the Spark Connect server exited; see {log_path}") from None
                         time.sleep(0.5)
                 else:
+                    self._stop_connect()
                     raise TimeoutError(f"the Spark Connect server did not listen within 120 s; see {log_path}")
             return f"sc://127.0.0.1:{self._connect['port']}"
 
     def _stop_connect(self) -> None:
         if self._connect is not None and process_alive(self._connect["pid"], self._connect["started"]):
-            os.killpg(self._connect["pid"], signal.SIGTERM)
+            _send(self._connect["pid"], signal.SIGTERM, group=True)
         self._connect = None
         (self.state_dir / "connect.json").unlink(missing_ok=True)
 
@@ -726,6 +879,19 @@ class ControlPlane:
             out.write(f"{stamp} {message}\n")
 
 
+def _send(pid: int | None, signum: int, *, group: bool = False) -> None:
+    """Signal a process (or its process group); one that has just exited is no error."""
+    if not pid:
+        return
+    try:
+        if group:
+            os.killpg(pid, signum)
+        else:
+            os.kill(pid, signum)
+    except OSError as exc:
+        log.debug("signal %d to %d: %s", signum, pid, exc)
+
+
 def _tail(path: Path, lines: int) -> list[str]:
     try:
         with open(path, "rb") as handle:
@@ -733,7 +899,7 @@ def _tail(path: Path, lines: int) -> list[str]:
             size = handle.tell()
             handle.seek(max(0, size - 256 * 1024))
             data = handle.read()
-    except FileNotFoundError:
+    except OSError:
         return []
     return data.decode("utf-8", "replace").splitlines()[-lines:]
 

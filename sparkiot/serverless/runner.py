@@ -271,6 +271,10 @@ class Runner:
         self.status["rows_written"] = dict(self.job.rows_written)
         self.status["batches"] = dict(self.job.batches)
 
+    def _beat_until(self, done: threading.Event) -> None:
+        while not done.wait(1.0):
+            self.write_status()
+
     def write_status(self) -> None:
         self.status["heartbeat"] = time.time()
         write_json_atomic(self.dir / "status.json", self.status)
@@ -297,7 +301,15 @@ class Runner:
                 self.stop_requested.wait(0.5)
             self.status["state"] = "draining"
             self.write_status()
-            errors = self.job.process_all_available()
+            # The heartbeat goes on while Spark drains, so a runtime killed then is billed to that moment.
+            drained = threading.Event()
+            beat = threading.Thread(target=self._beat_until, args=(drained,), daemon=True)
+            beat.start()
+            try:
+                errors = self.job.process_all_available()
+            finally:
+                drained.set()
+                beat.join()
             if errors:
                 raise RuntimeError("; ".join(errors))
             self._progress()

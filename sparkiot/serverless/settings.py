@@ -39,6 +39,9 @@ class ServeConfig(_Section):
     state_dir: str = "sparkiot-serve"
     registry: str | None = Field(default=None, description="sqlite:///PATH or postgresql://USER@HOST/DB; default STATE_DIR/registry.sqlite")
     prices: str | None = Field(default=None, description="a price table that replaces platforms of the built-in one")
+    data_roots: list[str] = Field(
+        default=[], description="folders where a pipeline's data_dir may be; default the state directory alone"
+    )
     poll_interval: Seconds = 0.5
     drain_timeout: Seconds = Field(default=120.0, description="how long a stopping runtime may drain before it is killed")
     max_restarts: int = Field(default=3, ge=0, description="restarts of a failed runtime before the pipeline is marked failed")
