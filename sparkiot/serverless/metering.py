@@ -39,6 +39,7 @@ class Rate(BaseModel):
     usd: Decimal = Field(ge=0)
     source: str = Field(min_length=1)
     date: str = Field(pattern=r"^\d{4}-\d{2}-\d{2}$", description="the day the figure was read, YYYY-MM-DD")
+    note: str = Field(default="", description="how the figure was obtained, where that matters")
 
 
 _MODEL_RATES = {
