@@ -8,10 +8,10 @@ A served pipeline has two parts with separate lives:
   there is work and stops after ``serverless.idle_timeout`` without new input (scale to zero).
   Each start is an *epoch*; a new epoch continues from the Spark checkpoints of the last.
 
-A supervisor thread visits every pipeline each ``poll_interval``: it starts what is missing,
-restarts a runtime that died (up to ``max_restarts``), stops an idle one, starts an idle one
-when readings wait in its landing log, applies the scaling policy, and copies the runtime's
-ledger into the registry. Both processes run in their own sessions, so a control plane that is
+A supervisor thread visits every pipeline each ``poll_interval``. It starts what is missing and
+restarts a runtime that died (up to ``max_restarts``). It stops an idle runtime, and starts one
+again when readings wait in the landing log. It applies the scaling policy and copies the
+runtime's ledger into the registry. Both processes run in their own sessions, so a control plane that is
 killed leaves them running and its successor adopts them by process id and start time.
 """
 
@@ -58,7 +58,7 @@ class NotFound(KeyError):
 
 
 class AlreadyRunning(RuntimeError):
-    """Another control plane holds the state directory."""
+    """Another control plane has locked the state directory."""
 
 
 class Invalid(ValueError):
@@ -306,6 +306,7 @@ class ControlPlane:
         record = self.record(name)
         config = build_config(record["config"])
         manual_path = self._run_dir(name) / "manual.json"
+
         if automatic:
             if executors is not None or trigger is not None:
                 raise Invalid("give either automatic or executors and trigger, not both")
@@ -316,6 +317,7 @@ class ControlPlane:
             return self.status(name)
         if executors is None and trigger is None:
             raise Invalid("give executors, trigger or both (or automatic: true)")
+
         if executors is not None:
             if config.serverless.runtime != "standalone":
                 raise Invalid(f"pipeline {name!r} runs on the {config.serverless.runtime} runtime, whose executors are fixed; "
@@ -334,6 +336,7 @@ class ControlPlane:
             manual["trigger"] = trigger
         manual_path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manual_path, manual)
+
         tracker.policy = self._manual_policy(config, manual)
         if record["state"] in ("starting", "running") and self._alive(record):
             self._send_control(record, tracker, Decision(executors=executors, trigger=trigger, reason="manual"), status)
@@ -713,6 +716,7 @@ class ControlPlane:
         except Exception as exc:  # noqa: BLE001 - reported on the pipeline
             self._fail(record, f"cannot start the {config.serverless.runtime} runtime: {exc}")
             return
+
         epoch = record["epoch"] + 1
         runtime_dir = self._runtime_dir(name)
         runtime_dir.mkdir(parents=True, exist_ok=True)
@@ -732,6 +736,7 @@ class ControlPlane:
             tracker.control_seq = 1
             write_json_atomic(runtime_dir / "control.json", {"seq": 1, "executors": manual.get("executors"),
                                                              "trigger": manual.get("trigger"), "reason": "manual"})
+
         command = [sys.executable, "-m", "sparkiot.serverless.runner", str(runtime_dir)]
         with open(runtime_dir / "runner.log", "ab") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=spark_environment(),

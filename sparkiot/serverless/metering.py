@@ -2,9 +2,9 @@
 
 A :class:`Holding` is one worker (the driver or one executor) with the cores and memory it held
 from ``start`` to ``end``. :func:`price` turns holdings into a :class:`Bill` the way the
-serverless platforms bill workers: per worker, the held time rounded up to the platform's
-increment and raised to its minimum, times the worker's vCPU and memory rates (EMR Serverless),
-its DCUs (Dataproc Serverless) or its vCores (Synapse).
+serverless platforms bill workers. Each worker's held time is rounded up to the platform's
+increment and raised to its minimum. That time is then priced at the worker's vCPU and memory
+rates (EMR Serverless), its DCUs (Dataproc Serverless) or its vCores (Synapse).
 
 Money is computed with :class:`decimal.Decimal` from the table's figures and rounded half up to
 the cent once, on the total.

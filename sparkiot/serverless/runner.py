@@ -18,12 +18,12 @@ restart and find a runtime still running.
 Executor scaling on a standalone master. Without dynamic allocation the master starts as many
 executors as ``spark.cores.max`` allows as soon as the application registers, so a pipeline
 could not start small. With ``spark.dynamicAllocation.enabled`` the application registers with a
-limit of zero and asks for ``initialExecutors``; sparkiot sets the allocation manager's own
-add and remove timeouts out of reach, so it never scales by itself, and sets the target with
-``SparkContext.requestTotalExecutors`` and releases executors with the scheduler backend's
-``killExecutors`` (``SparkContext.killExecutors`` refuses while dynamic allocation is on). The
-allocation manager may lower its request once when the first batch runs; the runner repeats the
-target every few seconds, so the count Spark holds follows the control plane's request.
+limit of zero and asks for ``initialExecutors``. sparkiot sets the allocation manager's own add
+and remove timeouts out of reach, so the manager never scales by itself. The runner sets the
+target with ``SparkContext.requestTotalExecutors`` and releases executors with the scheduler
+backend's ``killExecutors``, because ``SparkContext.killExecutors`` refuses while dynamic
+allocation is on. The allocation manager may lower its request once when the first batch runs,
+so the runner repeats the target every few seconds.
 """
 
 from __future__ import annotations
