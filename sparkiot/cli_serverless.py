@@ -14,6 +14,7 @@ log = logging.getLogger("sparkiot")
 
 def cmd_serve(args) -> int:
     import uvicorn
+    from sqlalchemy.exc import SQLAlchemyError
 
     from sparkiot.serverless.api import create_app
     from sparkiot.serverless.control import AlreadyRunning, ControlPlane
@@ -28,9 +29,15 @@ def cmd_serve(args) -> int:
         print(f"error: cannot listen on {settings.host}:{settings.port}: {problem}; choose another --port", file=sys.stderr)
         return 2
     try:
+        settings.resolved_token()
         control = ControlPlane(settings)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, SQLAlchemyError) as exc:
+        print(f"error: cannot open the state directory {settings.state_dir} or the registry {settings.registry_url}: "
+              f"{str(exc).splitlines()[0]}; check the path, or that the database runs and the user may connect",
+              file=sys.stderr)
         return 2
     control.start()
     if settings.token:
@@ -47,6 +54,19 @@ def cmd_serve(args) -> int:
 
     uvicorn.run(create_app(control, on_shutdown=on_shutdown), host=settings.host, port=settings.port, log_level="warning")
     return 0
+
+
+def _finite(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds")
+    return value
 
 
 def _port_problem(host: str, port: int) -> str | None:
@@ -74,8 +94,12 @@ def _client(args):
 
 
 def _run(args, action) -> int:
+    import signal
+
     from sparkiot.serverless.client import ClientError
 
+    # Output piped to a command such as 'head' ends quietly when that command exits.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     client = _client(args)
     try:
         return action(client)
@@ -292,7 +316,7 @@ def add_serverless_commands(commands) -> None:
     scale = client_parser("scale", "set a pipeline's executors or trigger by hand, or return it to its policy")
     scale.add_argument("name")
     scale.add_argument("--executors", type=int, help="executors to hold (standalone runtime)")
-    scale.add_argument("--trigger", type=float, help="micro-batch trigger interval in seconds")
+    scale.add_argument("--trigger", type=_finite, help="micro-batch trigger interval in seconds")
     scale.add_argument("--auto", action="store_true", help="drop the settings made by hand")
     scale.set_defaults(handler=cmd_scale)
 

@@ -25,7 +25,7 @@ serverless: {runtime: local}
 ENDPOINTS = [
     # (method, path, JSON body, status with the right token)
     ("GET", "/health", None, 200),
-    ("POST", "/pipelines", {"yaml": PIPELINE.replace("name: p", "name: q").replace("api-test", "api-q")}, 201),
+    ("POST", "/pipelines", {"yaml": PIPELINE.replace("name: p", "name: q").replace('topics: ["api-test/#"]', 'topics: ["api-q/#"], client_id: q')}, 201),
     ("GET", "/pipelines", None, 200),
     ("GET", "/pipelines/p", None, 200),
     ("POST", "/pipelines/p/stop", None, 200),
@@ -128,10 +128,10 @@ def test_a_bad_submission_is_refused_with_the_reason(api, control, text, status,
 
 
 def test_two_pipelines_cannot_share_or_nest_data_directories(api, control):
-    first = "name: a\ndata_dir: shared-data\nsource: {broker: 'mqtt://127.0.0.1:1883'}"
+    first = "name: a\ndata_dir: shared-data\nsource: {broker: 'mqtt://127.0.0.1:1883', client_id: a}"
     assert api.post("/pipelines", json={"yaml": first}, headers=auth()).status_code == 201
     for data_dir in ("shared-data", "shared-data/inner"):
-        text = first.replace("name: a", "name: b").replace("shared-data", data_dir)
+        text = first.replace("name: a", "name: b").replace("client_id: a", "client_id: b").replace("shared-data", data_dir)
         response = api.post("/pipelines", json={"yaml": text}, headers=auth())
         assert response.status_code == 409
         assert "overlaps" in response.json()["detail"]
@@ -144,6 +144,38 @@ def test_a_data_dir_outside_the_allowed_folders_is_refused(api, tmp_path):
         response = api.post("/pipelines", json={"yaml": text}, headers=auth())
         assert response.status_code == 422
         assert "outside the folders this control plane writes to" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("data_dir, words", [(".", "contains the control plane's state directory"),
+                                             ("pipelines", "which the control plane uses"),
+                                             ("pipelines/p/data", "which the control plane uses"),
+                                             ("lock", "is a file")])
+def test_a_data_dir_among_the_control_planes_files_is_refused(api, data_dir, words):
+    text = f"name: x\ndata_dir: {data_dir}\nsource: {{broker: 'mqtt://127.0.0.1:1883', client_id: cx}}"
+    response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+    assert response.status_code == 422
+    assert words in response.json()["detail"]
+
+
+def test_a_client_id_in_use_on_the_broker_is_refused(api):
+    text = "name: twin\nsource: {broker: 'mqtt://127.0.0.1:1883'}"
+    response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+    assert response.status_code == 409
+    assert "already uses source.client_id 'sparkiot-ingest'" in response.json()["detail"]
+
+
+def test_deeply_nested_brackets_are_refused_before_parsing(api):
+    text = "name: x\nx: " + "[" * 5000 + "]" * 5000
+    response = api.post("/pipelines", json={"yaml": text}, headers=auth())
+    assert response.status_code == 422
+    assert "deeper than 64 levels" in response.json()["detail"]
+
+
+def test_a_short_token_in_the_environment_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPARKIOT_TOKEN", "x")
+    with pytest.raises(ValueError) as error:
+        ControlPlane(ServeConfig(state_dir=str(tmp_path / "s")))
+    assert "needs at least 16" in str(error.value)
 
 
 def test_yaml_aliases_and_huge_bodies_are_refused(api):

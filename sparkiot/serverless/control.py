@@ -51,6 +51,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 LOGS = ("readings", "late", "dead_letters", "alerts", "events")
 LOG_SOURCES = ("events", "runner", "ingest", "spark")
 MAX_YAML_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 64
+# Entries of the state directory that belong to the control plane itself.
+RESERVED = ("pipelines", "cluster", "logs", "registry.sqlite", "registry.sqlite-wal", "registry.sqlite-shm",
+            "token", "lock", "connect.json")
 
 
 class NotFound(KeyError):
@@ -78,6 +82,7 @@ class Tracker:
     stop_sent: float | None = None
     ingest_stop_sent: float | None = None
     ingest_restarts: int = 0
+    visit_errors: int = 0
 
 
 class ControlPlane:
@@ -203,6 +208,10 @@ class ControlPlane:
                         or config.data_path.is_relative_to(theirs)):
                     raise Conflict(f"pipeline {other['name']!r} uses data_dir {theirs}, which overlaps {config.data_path}; "
                                    "give this one a folder of its own")
+                if other["name"] != config.name and other["config"]["source"]["client_id"] == config.source.client_id \
+                        and other["config"]["source"]["broker"] == config.source.broker:
+                    raise Conflict(f"pipeline {other['name']!r} already uses source.client_id {config.source.client_id!r} "
+                                   "on this broker, and two clients with one id disconnect each other; choose another")
             record = self.registry.create(config.name, yaml_text, config.model_dump(mode="json"), str(config.data_path))
         self._run_dir(config.name).mkdir(parents=True, exist_ok=True)
         self._event(config.name, f"submitted (runtime {config.serverless.runtime}, data_dir {config.data_path})")
@@ -211,6 +220,8 @@ class ControlPlane:
     def _validate(self, yaml_text: str) -> PipelineConfig:
         if len(yaml_text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
             raise Invalid(f"the pipeline file is larger than {MAX_YAML_BYTES // 1024} KiB; a pipeline file is a few KiB of YAML")
+        if _nesting(yaml_text) > MAX_YAML_DEPTH:
+            raise Invalid(f"the pipeline file nests brackets deeper than {MAX_YAML_DEPTH} levels; a pipeline file needs a few")
         try:
             # Aliases let a few hundred bytes expand to gigabytes, and a pipeline file needs none.
             if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(yaml_text, Loader=yaml.SafeLoader)):
@@ -244,6 +255,7 @@ class ControlPlane:
             roots = ", ".join(str(root) for root in self.data_roots)
             raise Invalid(f"data_dir {data_dir} is outside the folders this control plane writes to ({roots}); "
                           "use a relative data_dir, or add a folder to data_roots in the control plane's configuration")
+        self._check_data_dir(config.name, data_dir)
         config = config.model_copy(update={"data_dir": str(data_dir)})
         from sparkiot.pipeline import checkpoint_conflict
 
@@ -251,6 +263,20 @@ class ControlPlane:
         if conflict:
             raise Invalid(conflict)
         return config
+
+    def _check_data_dir(self, name: str, data_dir: Path) -> None:
+        """Reject a data_dir that is a file or that would mix a pipeline's data with the control plane's own."""
+        if data_dir.exists() and not data_dir.is_dir():
+            raise Invalid(f"data_dir {data_dir} is a file; name a folder (new or empty), such as 'data/{name}'")
+        if self.state_dir.is_relative_to(data_dir):
+            raise Invalid(f"data_dir {data_dir} contains the control plane's state directory; name a folder inside it, "
+                          f"such as 'data/{name}'")
+        if data_dir.is_relative_to(self.state_dir):
+            parts = data_dir.relative_to(self.state_dir).parts
+            own = parts[:2] == ("pipelines", name)
+            if parts[0] in RESERVED and not own:
+                raise Invalid(f"data_dir {data_dir} is inside {self.state_dir / parts[0]}, which the control plane uses; "
+                              f"name another folder, such as 'data/{name}'")
 
     def record(self, name: str) -> dict:
         record = self.registry.get(name)
@@ -434,8 +460,10 @@ class ControlPlane:
                         record = self.registry.get(name)
                         if record is not None:
                             self._visit(record)
-                except Exception:  # noqa: BLE001 - one pipeline's trouble must not stop the others
+                    self._tracker(name).visit_errors = 0
+                except Exception as exc:  # noqa: BLE001 - one pipeline's trouble must not stop the others
                     log.exception("supervising pipeline %s failed", name)
+                    self._visit_failed(name, exc)
             self._maybe_stop_cluster()
             self._stop.wait(max(0.05, self.settings.poll_interval - (time.monotonic() - started)))
 
@@ -514,6 +542,16 @@ class ControlPlane:
             return
         if state in ("starting", "running", "suspended", "scaling_to_zero"):
             self._start_runtime(record, config, "submit" if record["epoch"] == 0 else "resume")
+
+    def _visit_failed(self, name: str, exc: Exception) -> None:
+        """Mark a pipeline failed after five visits in a row raised, with the error as its message."""
+        tracker = self._tracker(name)
+        tracker.visit_errors += 1
+        if tracker.visit_errors == 5:
+            with self._plock(name):
+                record = self.registry.get(name)
+                if record is not None and record["state"] != "failed":
+                    self._fail(record, f"supervising it failed five times in a row: {exc!r}; see the control plane's log")
 
     def _forgive_restarts(self, record: dict, status: dict, tracker: Tracker) -> None:
         """Reset the restart counts once a runtime has run for five minutes, so that rare crashes never add up."""
@@ -882,6 +920,18 @@ class ControlPlane:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with open(path, "a", encoding="utf-8") as out:
             out.write(f"{stamp} {message}\n")
+
+
+def _nesting(text: str) -> int:
+    """Return the deepest nesting of brackets and braces in ``text``, counted without parsing it."""
+    depth = deepest = 0
+    for char in text:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _send(pid: int | None, signum: int, *, group: bool = False) -> None:

@@ -64,7 +64,14 @@ class ServeConfig(_Section):
         return self.registry or f"sqlite:///{(self.state_path / 'registry.sqlite').resolve()}"
 
     def resolved_token(self) -> str | None:
-        return self.token or os.environ.get(TOKEN_VARIABLE) or None
+        """Return the configured token, else ``$SPARKIOT_TOKEN``; raise ValueError when the variable's is too short."""
+        if self.token:
+            return self.token
+        value = os.environ.get(TOKEN_VARIABLE)
+        if value is not None and len(value) < 16:
+            raise ValueError(f"${TOKEN_VARIABLE} has {len(value)} characters; a bearer token needs at least 16, "
+                             "such as the output of 'python -c \"import secrets; print(secrets.token_urlsafe(32))\"'")
+        return value or None
 
 
 def load_serve_config(path: str | Path | None, **overrides: object) -> ServeConfig:
