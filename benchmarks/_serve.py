@@ -65,13 +65,13 @@ class ServeProcess:
             return {}
 
 
-def wait(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+def wait(predicate: Callable[[], bool], timeout: float, description: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {description}")
 
 
 def pipeline_spec(name: str, broker: str, topic: str, **serverless) -> str:

@@ -13,10 +13,10 @@ three times:
 * **static for the mean**: ``ceil(peak_executors * mean / peak)`` executors all day;
 * **target tracking**: sparkiot's default policy, from 1 up to ``--peak-executors``.
 
-For each: the bill of the whole run on every platform's price table (from the control plane), the
-bill of the replay window alone (the ledger clipped to it), the mean executors held during the
-replay, and the latency of every reading from its receipt by the ingest to the end of the
-micro-batch that stored it (p50, p99). Every reading published must be stored exactly once.
+For each regime the script reports the bill of the whole run on every platform's price table
+(from the control plane) and the bill of the replay window alone (the ledger clipped to it). It
+also reports the mean executors held during the replay, and the latency of every reading from
+its receipt by the ingest to the end of the micro-batch that stored it (p50, p99). Every reading published must be stored exactly once.
 Before the replay, 200 warm-up readings go through each pipeline and are left out of the latency.
 
     python benchmarks/serverless_cost.py --json results/serverless-cost.json
@@ -38,7 +38,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import TunedMosquitto, machine_info, percentile, print_table, write_json  # noqa: E402
+from _common import TunedMosquitto, machine_info, print_table, write_json  # noqa: E402
 from _serve import RatePublisher, ServeProcess, pipeline_spec, reading_latencies, wait  # noqa: E402
 
 WORKERS = [{"cores": 4, "memory": "4GiB"}]

@@ -6,9 +6,9 @@ executors. Three figures, side by side in one run:
 
 * **always on** (the baseline): a runtime that is already running. The time runs from the
   publish call of one message of 100 readings to the end of the micro-batch that stored them;
-* **warm submit**: the control plane and the cluster are up; readings arrive every 100 ms on the
-  pipeline's topic; from the submit request to the end of the first micro-batch with rows (the
-  ingest's start, the Spark session, the queries and the first batch);
+* **warm submit**: the control plane and the cluster are up, and readings arrive every 100 ms on
+  the pipeline's topic. The time runs from the submit request to the end of the first
+  micro-batch with rows: the ingest's start, the Spark session, the queries and the first batch;
 * **cold start**: a pipeline scaled to zero (``idle_timeout`` passed); from the publish call of a
   message of 100 readings to the end of the micro-batch that stored them. Measured twice: with
   the cluster kept up (``stop_when_idle: false``) and with the cluster stopped too, as a

@@ -499,7 +499,7 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 60, 60, 6, 6
 
 
-def _shown(value) -> str:
+def _short_repr(value) -> str:
     """Return a short representation of a bad value; a huge nested one is cut before it is built."""
     return _shorten(_REPR.repr(value))
 
@@ -551,7 +551,7 @@ def validate_model(model: type[BaseModel], raw: dict, *, origin: str, label: str
             if error["type"] == "extra_forbidden":
                 message = f"unknown option: check the spelling against {example}"
             value = error.get("input")
-            shown = "" if isinstance(value, dict) else f" (got {_shown(value)})"
+            shown = "" if isinstance(value, dict) else f" (got {_short_repr(value)})"
             lines.append(f"  {where}: {message}{shown}")
         raise ConfigError(f"invalid {label} in {origin}:\n" + "\n".join(lines)) from None
 

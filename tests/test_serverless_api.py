@@ -57,7 +57,7 @@ def call(api, method, path, body, headers):
 
 
 @pytest.mark.parametrize("method, path, body, expected", ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
-def test_each_endpoint_refuses_a_missing_token(api, method, path, body, expected):
+def test_endpoint_rejects_missing_token(api, method, path, body, expected):
     response = call(api, method, path, body, {})
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
@@ -65,7 +65,7 @@ def test_each_endpoint_refuses_a_missing_token(api, method, path, body, expected
 
 
 @pytest.mark.parametrize("method, path, body, expected", ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
-def test_each_endpoint_refuses_a_wrong_token(api, control, method, path, body, expected):
+def test_endpoint_rejects_wrong_token(api, control, method, path, body, expected):
     response = call(api, method, path, body, {"Authorization": f"Bearer {TOKEN[:-1]}X"})
     assert response.status_code == 401
     assert response.json()["detail"] == "wrong bearer token"
@@ -75,7 +75,7 @@ def test_each_endpoint_refuses_a_wrong_token(api, control, method, path, body, e
 
 
 @pytest.mark.parametrize("method, path, body, expected", ENDPOINTS, ids=[f"{m} {p}" for m, p, _, _ in ENDPOINTS])
-def test_each_endpoint_serves_the_right_token(api, control, method, path, body, expected):
+def test_endpoint_serves_right_token(api, control, method, path, body, expected):
     response = call(api, method, path, body, {"Authorization": f"Bearer {TOKEN}"})
     assert response.status_code == expected, response.text
     names = [record["name"] for record in control.registry.list()]
@@ -91,12 +91,12 @@ def test_each_endpoint_serves_the_right_token(api, control, method, path, body, 
         assert names == ["p"]
 
 
-def test_another_scheme_is_refused(api):
+def test_basic_scheme_rejected(api):
     response = api.get("/pipelines", headers={"Authorization": f"Basic {TOKEN}"})
     assert response.status_code == 401
 
 
-def test_the_openapi_schema_is_public_and_lists_every_endpoint(api):
+def test_openapi_schema_public_and_complete(api):
     schema = api.get("/openapi.json").json()
     paths = {(method.upper(), path) for path, methods in schema["paths"].items() for method in methods}
     for method, path, _, _ in ENDPOINTS:
@@ -120,14 +120,14 @@ def auth():
         ("name: p\nsource: {broker: 'mqtt://127.0.0.1:1883'}", 409, "a pipeline named 'p' exists"),
     ],
 )
-def test_a_bad_submission_is_refused_with_the_reason(api, control, text, status, words):
+def test_invalid_submission_rejected_with_reason(api, control, text, status, words):
     response = api.post("/pipelines", json={"yaml": text}, headers=auth())
     assert response.status_code == status
     assert words in response.json()["detail"]
     assert [record["name"] for record in control.registry.list()] == ["p"]
 
 
-def test_two_pipelines_cannot_share_or_nest_data_directories(api, control):
+def test_data_dirs_shared_or_nested_rejected(api, control):
     first = "name: a\ndata_dir: shared-data\nsource: {broker: 'mqtt://127.0.0.1:1883', client_id: a}"
     assert api.post("/pipelines", json={"yaml": first}, headers=auth()).status_code == 201
     for data_dir in ("shared-data", "shared-data/inner"):
@@ -138,7 +138,7 @@ def test_two_pipelines_cannot_share_or_nest_data_directories(api, control):
     assert [record["name"] for record in control.registry.list()] == ["a", "p"]
 
 
-def test_a_data_dir_outside_the_allowed_folders_is_refused(api, tmp_path):
+def test_data_dir_outside_roots_rejected(api, tmp_path):
     for data_dir in (str(tmp_path / "elsewhere"), "../../escape"):
         text = f"name: x\ndata_dir: {data_dir}\nsource: {{broker: 'mqtt://127.0.0.1:1883'}}"
         response = api.post("/pipelines", json={"yaml": text}, headers=auth())
@@ -150,35 +150,35 @@ def test_a_data_dir_outside_the_allowed_folders_is_refused(api, tmp_path):
                                              ("pipelines", "which the control plane uses"),
                                              ("pipelines/p/data", "which the control plane uses"),
                                              ("lock", "is a file")])
-def test_a_data_dir_among_the_control_planes_files_is_refused(api, data_dir, words):
+def test_data_dir_among_state_files_rejected(api, data_dir, words):
     text = f"name: x\ndata_dir: {data_dir}\nsource: {{broker: 'mqtt://127.0.0.1:1883', client_id: cx}}"
     response = api.post("/pipelines", json={"yaml": text}, headers=auth())
     assert response.status_code == 422
     assert words in response.json()["detail"]
 
 
-def test_a_client_id_in_use_on_the_broker_is_refused(api):
+def test_client_id_in_use_rejected(api):
     text = "name: twin\nsource: {broker: 'mqtt://127.0.0.1:1883'}"
     response = api.post("/pipelines", json={"yaml": text}, headers=auth())
     assert response.status_code == 409
     assert "already uses source.client_id 'sparkiot-ingest'" in response.json()["detail"]
 
 
-def test_deeply_nested_brackets_are_refused_before_parsing(api):
+def test_nested_brackets_rejected_before_parsing(api):
     text = "name: x\nx: " + "[" * 5000 + "]" * 5000
     response = api.post("/pipelines", json={"yaml": text}, headers=auth())
     assert response.status_code == 422
     assert "deeper than 64 levels" in response.json()["detail"]
 
 
-def test_a_short_token_in_the_environment_is_refused(tmp_path, monkeypatch):
+def test_environment_token_too_short_rejected(tmp_path, monkeypatch):
     monkeypatch.setenv("SPARKIOT_TOKEN", "x")
     with pytest.raises(ValueError) as error:
         ControlPlane(ServeConfig(state_dir=str(tmp_path / "s")))
     assert "needs at least 16" in str(error.value)
 
 
-def test_yaml_aliases_and_huge_bodies_are_refused(api):
+def test_yaml_aliases_and_huge_bodies_rejected(api):
     bomb = "name: x\nsource: {broker: 'mqtt://127.0.0.1:1883'}\na: &a [1, 2]\nb: [*a, *a]"
     response = api.post("/pipelines", json={"yaml": bomb}, headers=auth())
     assert response.status_code == 422
@@ -187,14 +187,14 @@ def test_yaml_aliases_and_huge_bodies_are_refused(api):
     assert response.status_code == 413
 
 
-def test_an_unloadable_scaling_policy_is_refused_at_submit(api):
+def test_unloadable_policy_rejected_at_submit(api):
     text = "name: x\nsource: {broker: 'mqtt://127.0.0.1:1883'}\nserverless: {scaling: {policy: 'nowhere_at_all:Policy'}}"
     response = api.post("/pipelines", json={"yaml": text}, headers=auth())
     assert response.status_code == 422
     assert "cannot import nowhere_at_all" in response.json()["detail"]
 
 
-def test_manual_scaling_is_kept_for_the_next_start_until_automatic(api, control):
+def test_manual_scaling_kept_until_automatic(api, control):
     assert api.put("/pipelines/p/scaling", json={}, headers=auth()).status_code == 422
     response = api.put("/pipelines/p/scaling", json={"trigger": 3.0}, headers=auth())
     assert response.status_code == 200
@@ -205,13 +205,13 @@ def test_manual_scaling_is_kept_for_the_next_start_until_automatic(api, control)
     assert not manual.exists()
 
 
-def test_a_second_control_plane_on_the_same_state_directory_is_refused(control):
+def test_state_directory_locked_by_first_plane(control):
     with pytest.raises(AlreadyRunning) as error:
         ControlPlane(ServeConfig(state_dir=str(control.state_dir), token=TOKEN))
     assert "another control plane" in str(error.value)
 
 
-def test_a_resubmitted_name_starts_a_new_ledger(api, control):
+def test_resubmitted_name_starts_new_ledger(api, control):
     runtime = control.state_dir / "pipelines" / "p" / "runtime"
     runtime.mkdir(parents=True)
     (runtime / "ledger.jsonl").write_text(json.dumps(
@@ -225,7 +225,7 @@ def test_a_resubmitted_name_starts_a_new_ledger(api, control):
     assert bill["total"] == "0.00"
 
 
-def test_requests_about_unknown_or_running_pipelines_are_refused(api, control):
+def test_requests_for_unknown_or_running_rejected(api, control):
     assert api.get("/pipelines/nope", headers=auth()).status_code == 404
     control.registry.update("p", desired="running", state="running")
     response = api.delete("/pipelines/p", headers=auth())
@@ -241,12 +241,12 @@ def test_requests_about_unknown_or_running_pipelines_are_refused(api, control):
     assert api.get("/pipelines/p/logs", params={"source": "secrets"}, headers=auth()).status_code == 422
 
 
-def test_a_relative_data_dir_lands_under_the_state_directory(control):
+def test_relative_data_dir_under_state_directory(control):
     record = control.record("p")
     assert record["data_dir"] == str((control.state_dir / "pipelines" / "p" / "data").resolve())
 
 
-def test_a_generated_token_is_kept_private_and_reused(tmp_path, monkeypatch):
+def test_generated_token_private_and_reused(tmp_path, monkeypatch):
     monkeypatch.delenv("SPARKIOT_TOKEN", raising=False)
     first = ControlPlane(ServeConfig(state_dir=str(tmp_path / "s")))
     token = first.token

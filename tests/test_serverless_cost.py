@@ -34,7 +34,7 @@ def cents(amount: Decimal) -> Decimal:
     return amount.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
 
 
-def test_emr_serverless_bills_vcpu_and_memory_per_second_with_a_minute_minimum():
+def test_emr_bill_per_second_minute_minimum():
     r = rates()["emr_serverless"]
     # Seconds billed: ceil to the second, at least 60.
     billed = [36001, 60, 10801, 7200]
@@ -49,7 +49,7 @@ def test_emr_serverless_bills_vcpu_and_memory_per_second_with_a_minute_minimum()
     assert bill.total == Decimal("1.22")
 
 
-def test_dataproc_serverless_bills_dcus_with_the_memory_weights_above_eight_gb_per_vcpu():
+def test_dataproc_bill_memory_weights():
     r = rates()["dataproc_serverless"]["dcu_hour"]
     billed = [36001, 60, 10801, 7200]
     dcus = [
@@ -65,7 +65,7 @@ def test_dataproc_serverless_bills_dcus_with_the_memory_weights_above_eight_gb_p
     assert bill.units()["dcu_hours"] == sum(d * Decimal(s) / 3600 for d, s in zip(dcus, billed))
 
 
-def test_synapse_bills_vcores_per_started_minute():
+def test_synapse_bill_per_started_minute():
     r = rates()["synapse"]["vcore_hour"]
     # Minutes started: 601, 1, 181, 120.
     billed = [601 * 60, 60, 181 * 60, 120 * 60]
@@ -86,7 +86,7 @@ def test_billed_seconds_rounding_and_minimums():
     assert billed_seconds(120.0, synapse) == 120
 
 
-def test_a_user_table_replaces_a_platform_and_keeps_the_others(tmp_path):
+def test_user_price_table_replaces_platform(tmp_path):
     override = tmp_path / "prices.yaml"
     override.write_text(yaml.safe_dump({"platforms": {"synapse": {
         "title": "Synapse, negotiated", "model": "vcore", "region": "westeurope", "increment_seconds": 60,
@@ -99,7 +99,7 @@ def test_a_user_table_replaces_a_platform_and_keeps_the_others(tmp_path):
     assert bill.usd == Decimal(2) * Decimal(300) / 3600 * Decimal("0.1")
 
 
-def test_every_rate_names_its_source_and_date():
+def test_rates_name_source_and_date():
     for platform in load_prices().platforms.values():
         for rate in platform.rates.values():
             assert rate.source.startswith("https://")
@@ -121,7 +121,7 @@ def test_every_rate_names_its_source_and_date():
           "rates": {"vcore_hour": {"usd": 1, "source": "s", "date": "last week"}}}, "date"),
     ],
 )
-def test_an_invalid_price_table_is_refused_with_the_field(tmp_path, platform, message):
+def test_invalid_price_table_names_field(tmp_path, platform, message):
     path = tmp_path / "prices.yaml"
     path.write_text(yaml.safe_dump({"platforms": {"mine": platform}}))
     with pytest.raises(ConfigError) as error:
@@ -129,13 +129,13 @@ def test_an_invalid_price_table_is_refused_with_the_field(tmp_path, platform, me
     assert message in str(error.value)
 
 
-def test_an_unknown_platform_names_the_known_ones():
+def test_unknown_platform_lists_known_ones():
     with pytest.raises(ConfigError) as error:
         price(TIMELINE, load_prices(), "lambda")
     assert "dataproc_serverless, emr_serverless, synapse" in str(error.value)
 
 
-def test_the_printed_bill_shows_the_total_and_the_minimums():
+def test_printed_bill_shows_total_and_minimums():
     text = format_bill(price(TIMELINE, load_prices(), "emr_serverless"), "p")
     assert "total: $1.22" in text
     held = sum(h.end - h.start for h in TIMELINE)

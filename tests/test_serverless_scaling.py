@@ -25,7 +25,7 @@ def config(**scaling) -> ServerlessConfig:
                                                       "scale_in_cooldown": "30s", **scaling})
 
 
-def test_target_tracking_scales_out_in_proportion_and_waits_for_its_cooldown():
+def test_target_tracking_scale_out_cooldown():
     policy = TargetTracking(config())
     # Busy 90% of each 1 s trigger on 2 executors, aiming at 50%: ceil(2 * 0.9 / 0.5) = 4.
     decision = policy.decide(metrics(100.0, batch=0.9, executors=2))
@@ -35,7 +35,7 @@ def test_target_tracking_scales_out_in_proportion_and_waits_for_its_cooldown():
     assert policy.decide(metrics(110.0, batch=0.9, executors=4)).executors == 8
 
 
-def test_target_tracking_scales_in_one_at_a_time_after_the_longer_cooldown():
+def test_target_tracking_scale_in_stepwise():
     policy = TargetTracking(config())
     assert policy.decide(metrics(0.0, batch=0.1, executors=4)).executors == 3
     assert policy.decide(metrics(20.0, batch=0.1, executors=3)) is None
@@ -44,19 +44,19 @@ def test_target_tracking_scales_in_one_at_a_time_after_the_longer_cooldown():
     assert policy.decide(metrics(100.0, batch=0.45, executors=2)) is None
 
 
-def test_a_backlog_that_one_interval_cannot_clear_counts_as_full_utilization():
+def test_target_tracking_backlog_counts_as_full():
     policy = TargetTracking(config())
     decision = policy.decide(metrics(0.0, batch=0.2, executors=2, backlog=5000, rate=1000.0))
     assert decision.executors == 4
 
 
-def test_the_fixed_policy_restores_its_size():
+def test_fixed_policy_restores_size():
     policy = FixedPolicy(ServerlessConfig(initial_executors=2, max_executors=4))
     assert policy.decide(metrics(0.0, batch=5.0, executors=2)) is None
     assert policy.decide(metrics(0.0, batch=5.0, executors=3)).executors == 2
 
 
-def test_a_policy_of_ones_own_is_loaded_by_import_path(tmp_path, monkeypatch):
+def test_custom_policy_loaded_by_import_path(tmp_path, monkeypatch):
     (tmp_path / "my_policies.py").write_text(textwrap.dedent("""
         from sparkiot.serverless.scaling import Decision
 
@@ -76,7 +76,7 @@ def test_a_policy_of_ones_own_is_loaded_by_import_path(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name, words", [("nowhere_module:X", "cannot import nowhere_module"),
                                          ("sparkiot.serverless.scaling:Nope", "has no Nope"),
                                          ("sparkiot.serverless.scaling:Metrics", "Metrics(config) failed")])
-def test_a_policy_that_cannot_be_loaded_is_named(name, words):
+def test_policy_load_failure_named(name, words):
     with pytest.raises(ConfigError) as error:
         load_policy(ServerlessConfig(scaling={"policy": name}))
     assert words in str(error.value)
@@ -100,7 +100,7 @@ def registry(request, tmp_path, unique):
     store.close()
 
 
-def test_the_ledger_survives_replays_and_prices_like_the_timeline(registry):
+def test_ledger_replay_idempotent_and_priced(registry):
     store, name = registry
     store.create(name, "name: p", {"name": name, "serverless": {"runtime": "standalone"}}, f"/tmp/{name}")
     with pytest.raises(Conflict):
@@ -124,7 +124,7 @@ def test_the_ledger_survives_replays_and_prices_like_the_timeline(registry):
     assert sorted(line.billed_seconds for line in bill.lines) == [60, 140, 150]
 
 
-def test_starts_record_ready_and_first_batch_times(registry):
+def test_starts_record_ready_and_first_batch(registry):
     store, name = registry
     store.create(name, "name: p", {"name": name}, f"/tmp/{name}")
     store.record_start(name, 1, "submit", 10.0)

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -133,7 +132,7 @@ def stop_and_wait(server: Server, name: str) -> None:
     wait_state(server, name, "stopped", timeout=240)
 
 
-def test_submit_then_scale_up_and_down(server, unique, mosquitto):
+def test_standalone_submit_and_scale(server, unique, mosquitto):
     name, topic = f"scale-{unique}", f"cp/{unique}/scale"
     server.client.submit(pipeline_yaml(name, topic, idle_timeout=None))
     wait_state(server, name, "running")
@@ -168,7 +167,7 @@ def test_submit_then_scale_up_and_down(server, unique, mosquitto):
     assert float(bill["exact"]) > 0
 
 
-def test_idle_scales_to_zero_and_new_data_starts_it_again(server, unique, mosquitto):
+def test_standalone_scale_to_zero_and_back(server, unique, mosquitto):
     name, topic = f"idle-{unique}", f"cp/{unique}/idle"
     server.client.submit(pipeline_yaml(name, topic, idle_timeout="8s"))
     data_dir = status(server, name)["data_dir"]
@@ -196,7 +195,7 @@ def test_idle_scales_to_zero_and_new_data_starts_it_again(server, unique, mosqui
     stop_and_wait(server, name)
 
 
-def test_control_plane_killed_and_restarted_while_a_pipeline_runs(server, unique, mosquitto):
+def test_control_plane_kill_and_restart(server, unique, mosquitto):
     name, topic = f"kill-{unique}", f"cp/{unique}/kill"
     server.client.submit(pipeline_yaml(name, topic, idle_timeout=None))
     wait_state(server, name, "running")
@@ -224,7 +223,7 @@ def test_control_plane_killed_and_restarted_while_a_pipeline_runs(server, unique
 
 
 @pytest.mark.parametrize("runtime", ["local", "connect"])
-def test_the_local_and_connect_runtimes_process_every_reading(server, unique, mosquitto, runtime):
+def test_local_and_connect_runtimes_store_all(server, unique, mosquitto, runtime):
     name, topic = f"{runtime}-{unique}", f"cp/{unique}/{runtime}"
     spec = json.loads(pipeline_yaml(name, topic, idle_timeout=None))
     spec["serverless"] = {"runtime": runtime, "local_cores": 1}

@@ -210,14 +210,14 @@ def price(holdings: list[Holding], table: PriceTable, key: str) -> Bill:
 
 def format_bill(bill: Bill, pipeline: str) -> str:
     """Format the bill for a terminal: the total, then the usage it comes from."""
-    held = sum(line.holding.seconds for line in bill.lines)
+    held_seconds = sum(line.holding.seconds for line in bill.lines)
     billed = sum(line.billed_seconds for line in bill.lines)
     drivers = sum(1 for line in bill.lines if line.holding.kind == "driver")
     lines = [
         f"pipeline {pipeline} on {bill.title} ({bill.region})",
         f"  total: ${bill.total} (exact {_exact(bill.usd)} USD)",
         f"  workers: {len(bill.lines)} ({drivers} driver, {len(bill.lines) - drivers} executor)",
-        f"  held {held:.1f} worker-seconds, billed {billed} (increments and minimums applied)",
+        f"  held {held_seconds:.1f} worker-seconds, billed {billed} (increments and minimums applied)",
     ]
     for name, amount in bill.units().items():
         lines.append(f"  {name.replace('_', '-')}: {amount.quantize(Decimal('0.000001'))}")

@@ -18,7 +18,7 @@ restart and find a runtime still running.
 Executor scaling on a standalone master. Without dynamic allocation the master starts as many
 executors as ``spark.cores.max`` allows as soon as the application registers, so a pipeline
 could not start small. With ``spark.dynamicAllocation.enabled`` the application registers with a
-limit of zero and asks for ``initialExecutors``. sparkiot sets the allocation manager's own add
+limit of zero and requests ``initialExecutors``. sparkiot sets the allocation manager's own add
 and remove timeouts out of reach, so the manager never scales by itself. The runner sets the
 target with ``SparkContext.requestTotalExecutors`` and releases executors with the scheduler
 backend's ``killExecutors``, because ``SparkContext.killExecutors`` refuses while dynamic

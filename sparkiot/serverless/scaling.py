@@ -2,7 +2,7 @@
 
 The control plane calls :meth:`ScalingPolicy.decide` every ``serverless.scaling.interval`` for
 each running standalone pipeline, with the :class:`Metrics` its runtime last reported. A policy
-returns a :class:`Decision` (or None to leave things as they are); the control plane clamps the
+returns a :class:`Decision`, or None to leave things as they are. The control plane clamps the
 executor count to ``[min_executors, max_executors]`` and passes it to the runtime, which
 requests or releases executors from the Spark standalone master.
 
@@ -74,7 +74,7 @@ class FixedPolicy:
 class TargetTracking:
     """Keeps the busy share of each trigger interval near a target, like a cloud target-tracking policy.
 
-    The wanted count is ``ceil(executors * utilization / target)``. A backlog that the current
+    The needed count is ``ceil(executors * utilization / target)``. A backlog that the current
     rate cannot clear within one interval counts as full utilization. Scaling out waits
     ``scale_out_cooldown`` after the previous change, and scaling in waits ``scale_in_cooldown``.
     Scaling in removes one executor at a time, so a short lull does not drop capacity that the
@@ -93,12 +93,12 @@ class TargetTracking:
         if metrics.backlog > 0 and metrics.process_rate > 0:
             if metrics.backlog / metrics.process_rate > metrics.trigger:
                 utilization = max(utilization, 1.0)
-        wanted = max(1, math.ceil(current * utilization / self.target - 1e-9))
+        needed = max(1, math.ceil(current * utilization / self.target - 1e-9))
         since = metrics.time - self._last_change
-        if wanted > current and since >= self.out_cooldown:
+        if needed > current and since >= self.out_cooldown:
             self._last_change = metrics.time
-            return Decision(executors=wanted, reason=f"utilization {utilization:.2f} above {self.target:.2f}")
-        if wanted < current and since >= self.in_cooldown:
+            return Decision(executors=needed, reason=f"utilization {utilization:.2f} above {self.target:.2f}")
+        if needed < current and since >= self.in_cooldown:
             self._last_change = metrics.time
             return Decision(executors=current - 1, reason=f"utilization {utilization:.2f} below {self.target:.2f}")
         return None
