@@ -128,3 +128,45 @@ def test_protocol_rejects_groups_without_room_after_them():
 
     with pytest.raises(protocol.ProtocolError, match="beyond the largest group number"):
         protocol.decode_delta(payload)
+
+
+def test_readers_on_other_threads_do_not_break_transactions(tmp_path):
+    # The agent's thread writes in transactions while other threads read its stats through the
+    # same connection and the uplink deletes through a second one.
+    import threading
+    import time
+
+    shared = EdgeStore(tmp_path / "edge.sqlite", durability="normal")
+    uplink = EdgeStore(tmp_path / "edge.sqlite", durability="normal")
+    deadline = time.monotonic() + 3
+    errors: list[BaseException] = []
+    written = [0]
+
+    def run(step):
+        try:
+            while time.monotonic() < deadline:
+                step()
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever stopped a thread
+            errors.append(exc)
+
+    def write():
+        shared.begin()
+        shared.append([(1, 1, b"x" * 10)], max_bytes=10**9, overflow="drop_oldest")
+        shared.set_meta("written", written[0] + 1)
+        shared.commit()
+        written[0] += 1
+
+    threads = [
+        threading.Thread(target=run, args=(write,)),
+        threading.Thread(target=run, args=(lambda: (shared.totals(), shared.get_meta("written")),)),
+        threading.Thread(target=run, args=(lambda: uplink.remove([uplink.max_seq()]),)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert written[0] > 0
+    assert shared.get_meta("written") == written[0]
+    shared.close()
+    uplink.close()

@@ -109,10 +109,20 @@ class EdgeStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        # One connection serves the agent's thread and readers such as ``stats()`` on others. A
+        # reentrant lock keeps them from interleaving: a reader's unfinished statement would hold
+        # a read snapshot on the connection, and ``BEGIN IMMEDIATE`` on a stale snapshot fails at
+        # once with "database is locked" instead of waiting.
+        self._lock = threading.RLock()
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run a query to completion under the lock, so it leaves no statement open."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
 
     # -- transactions ---------------------------------------------------------------------
 
@@ -160,20 +170,20 @@ class EdgeStore:
 
     def totals(self) -> tuple[int, int, int]:
         """Return the buffered ``(messages, readings, bytes)``."""
-        return self._db.execute("SELECT messages, readings, bytes FROM outbox_totals WHERE id = 1").fetchone()
+        return self._rows("SELECT messages, readings, bytes FROM outbox_totals WHERE id = 1")[0]
 
     def max_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return row[0] if row else 0
+        rows = self._rows("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'")
+        return rows[0][0] if rows else 0
 
     def outgoing(self, *, after_seq: int, up_to_seq: int | None = None, limit: int = 100) -> list[Outgoing]:
         """Return buffered messages with ``after_seq < seq [<= up_to_seq]`` in order."""
         if up_to_seq is None:
-            rows = self._db.execute(
+            rows = self._rows(
                 "SELECT seq, added_us, readings, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
             )
         else:
-            rows = self._db.execute(
+            rows = self._rows(
                 "SELECT seq, added_us, readings, payload FROM outbox WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after_seq, up_to_seq, limit),
             )
@@ -186,8 +196,8 @@ class EdgeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for seq in seqs:
-                    row = self._db.execute("DELETE FROM outbox WHERE seq = ? RETURNING readings", (seq,)).fetchone()
-                    removed += row[0] if row else 0
+                    rows = self._db.execute("DELETE FROM outbox WHERE seq = ? RETURNING readings", (seq,)).fetchall()
+                    removed += rows[0][0] if rows else 0
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -199,7 +209,7 @@ class EdgeStore:
         with self._lock:
             row = self._db.execute(
                 "SELECT count(*), total(readings) FROM outbox WHERE added_us < ?", (older_than_us,)
-            ).fetchone()
+            ).fetchall()[0]
             if row[0]:
                 self._db.execute("DELETE FROM outbox WHERE added_us < ?", (older_than_us,))
         return int(row[1])
@@ -210,7 +220,7 @@ class EdgeStore:
         self._db.executemany("INSERT OR REPLACE INTO crdt (key, data) VALUES (?, ?)", entries.items())
 
     def entries(self) -> dict[str, bytes]:
-        return dict(self._db.execute("SELECT key, data FROM crdt"))
+        return dict(self._rows("SELECT key, data FROM crdt"))
 
     def put_delta(self, group: DeltaGroup) -> None:
         self._db.execute(
@@ -218,13 +228,13 @@ class EdgeStore:
         )
 
     def deltas(self, *, after_seq: int, limit: int = 1000) -> list[DeltaGroup]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT from_seq, to_seq, data FROM deltas WHERE to_seq > ? ORDER BY to_seq LIMIT ?", (after_seq, limit)
         )
         return [DeltaGroup(*row) for row in rows]
 
     def delta_count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM deltas").fetchone()[0]
+        return self._rows("SELECT count(*) FROM deltas")[0][0]
 
     def replace_deltas(self, group: DeltaGroup) -> None:
         """Replace every stored delta group by ``group`` (their join), within a transaction."""
@@ -237,8 +247,8 @@ class EdgeStore:
             self._db.execute("DELETE FROM deltas WHERE to_seq <= ?", (up_to_seq,))
 
     def get_meta(self, name: str, default: int = 0) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
-        return row[0] if row else default
+        rows = self._rows("SELECT value FROM meta WHERE name = ?", (name,))
+        return rows[0][0] if rows else default
 
     def set_meta(self, name: str, value: int) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
@@ -249,7 +259,7 @@ class EdgeStore:
         self._db.executemany("INSERT INTO active_alerts (rule, device_id, metric) VALUES (?, ?, ?)", active)
 
     def active_alerts(self) -> list[tuple[str, str, str]]:
-        return [tuple(row) for row in self._db.execute("SELECT rule, device_id, metric FROM active_alerts")]
+        return [tuple(row) for row in self._rows("SELECT rule, device_id, metric FROM active_alerts")]
 
     # -- dead letters ---------------------------------------------------------------------
 
@@ -263,4 +273,4 @@ class EdgeStore:
 
     def dead_letters(self) -> list[tuple]:
         """Return ``(reason, source, detail, raw)`` of the kept dead letters, oldest first."""
-        return list(self._db.execute("SELECT reason, source, detail, raw FROM dead_letters ORDER BY id"))
+        return self._rows("SELECT reason, source, detail, raw FROM dead_letters ORDER BY id")
