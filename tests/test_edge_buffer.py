@@ -130,7 +130,7 @@ def test_protocol_rejects_groups_without_room_after_them():
         protocol.decode_delta(payload)
 
 
-def test_readers_on_other_threads_do_not_break_transactions(tmp_path):
+def test_reads_from_other_threads_allow_writes(tmp_path):
     # The agent's thread writes in transactions while other threads read its stats through the
     # same connection and the uplink deletes through a second one.
     import threading
