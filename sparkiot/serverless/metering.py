@@ -172,6 +172,16 @@ def _exact(amount: Decimal) -> str:
     return f"{amount.quantize(Decimal('1e-10'), rounding=ROUND_HALF_UP).normalize():f}"
 
 
+def held_memory_mib(memory_bytes: int) -> int:
+    """Return the memory in MiB that a Spark driver or executor container holds: heap plus Spark's default overhead.
+
+    Spark adds ``max(384 MiB, 10%)`` of overhead to each container, and the platforms size
+    workers to fit both.
+    """
+    mib = memory_bytes // 1024**2
+    return mib + max(384, math.ceil(mib * 0.10))
+
+
 def billed_seconds(seconds: float, rules: Platform) -> int:
     """Held seconds rounded up to the platform's increment, then raised to its minimum."""
     increment = rules.increment_seconds

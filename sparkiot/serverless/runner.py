@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import signal
 import sys
@@ -38,19 +37,11 @@ import threading
 import time
 from pathlib import Path
 
+from sparkiot.serverless.metering import held_memory_mib
+
 log = logging.getLogger("sparkiot.runner")
 
 REASSERT_SECONDS = 5.0
-
-
-def held_memory_mib(memory_bytes: int) -> int:
-    """Return the memory in MiB that a Spark driver or executor container holds: heap plus Spark's default overhead.
-
-    Spark adds ``max(384 MiB, 10%)`` of overhead to each container, and the platforms size
-    workers to fit both.
-    """
-    mib = memory_bytes // 1024**2
-    return mib + max(384, math.ceil(mib * 0.10))
 
 
 def write_json_atomic(path: Path, value: dict) -> None:

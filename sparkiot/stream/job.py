@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -45,6 +46,12 @@ log = logging.getLogger(__name__)
 
 # The event-time column that dates each table's partitions.
 _DATE_COLUMN = {"readings": "ts", "late": "ts", "dead_letters": "received_ts", "alerts": "ts", "events": "ts"}
+
+
+# One JSON line per micro-batch and query, under the data directory: what the dashboard reads.
+PROGRESS_LOG = "progress.jsonl"
+PROGRESS_LOG_BYTES = 16 * 1024 * 1024
+JOB_INFO = "job.json"
 
 
 def table_path(config: PipelineConfig, table: str) -> Path:
@@ -75,8 +82,12 @@ class ProgressTotals(StreamingQueryListener):
     while the ingest lands late readings separately. ``last_batch_ms`` is the last batch's duration.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, log_path: Path | None = None, executors=None) -> None:
+        """``log_path`` receives each report as a JSON line; ``executors()`` returns the executor count or None."""
         super().__init__()
+        self.log_path = log_path
+        self.executors = executors
+        self._logged: dict[str, int] = {}
         self.duplicates_dropped: dict[str, int] = {}
         self.dropped_by_watermark: dict[str, int] = {}
         self.last_batch_ms: dict[str, int] = {}
@@ -111,6 +122,7 @@ class ProgressTotals(StreamingQueryListener):
         with self._lock:
             self.last_batch_ms[name] = int(progress.batchDuration)
             self.last[name] = last
+            self._log(name, last)
             for operator in progress.stateOperators:
                 dropped = int(operator.customMetrics.get("numDroppedDuplicateRows", 0) or 0)
                 self.duplicates_dropped[name] = self.duplicates_dropped.get(name, 0) + dropped
@@ -148,6 +160,28 @@ class ProgressTotals(StreamingQueryListener):
         with self._lock:
             self.last_batch_ms[name] = last["batch_ms"]
             self.last[name] = last
+            self._log(name, last)
+
+    def _log(self, name: str, last: dict) -> None:
+        """Append one line per new batch to ``log_path`` (the dashboard reads it); callers hold the lock."""
+        if self.log_path is None or self._logged.get(name) == last["batch_id"]:
+            return
+        self._logged[name] = last["batch_id"]
+        line = {"query": name, **last}
+        if self.executors is not None:
+            try:
+                line["executors"] = self.executors()
+            except Exception:  # noqa: BLE001 - a count is optional; a stopping context raises here
+                line["executors"] = None
+        try:
+            with open(self.log_path, "a", encoding="utf-8") as out:
+                out.write(json.dumps(line) + "\n")
+                full = out.tell() >= PROGRESS_LOG_BYTES
+            if full:
+                # One older generation is kept, so the log stays under twice the bound.
+                os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
+        except OSError as exc:
+            log.warning("cannot append to the progress log %s: %s", self.log_path, exc)
 
     def onQueryIdle(self, event) -> None:
         pass
@@ -178,13 +212,32 @@ class StreamingJob:
         self.rows_written: dict[str, int] = {}
         self.batches: dict[str, int] = {}
         self._counter_lock = threading.Lock()
-        self.progress = ProgressTotals()
+        self.progress = ProgressTotals(log_path=config.data_path / PROGRESS_LOG, executors=None if remote else self._executor_count)
         self._definitions: dict[str, tuple] = {}
         self._side: SideTableCopier | None = None
         self.restarts: dict[str, int] = {}
         if not remote:
             spark.streams.addListener(self.progress)
         spark.dataSource.register(LandingSource)
+
+    def _write_job_info(self) -> None:
+        """Write ``DATA_DIR/job.json``: when the driver started, its master, cores and memory (for the dashboard's cost)."""
+        context = self.spark.sparkContext
+        memory = context._jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
+            context.getConf().get("spark.driver.memory", "1g")
+        )
+        master = context.master
+        cores = context.defaultParallelism if master.startswith("local") else int(context.getConf().get("spark.driver.cores", "1"))
+        info = {"name": self.config.name, "started": time.time(), "master": master, "driver_cores": cores,
+                "driver_memory_bytes": int(memory), "pid": os.getpid()}
+        path = self.config.data_path / JOB_INFO
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(info))
+        os.replace(temporary, path)
+
+    def _executor_count(self) -> int:
+        """Return the executors registered with the driver, the driver itself not counted."""
+        return len(self.spark.sparkContext._jsc.sc().statusTracker().getExecutorInfos()) - 1
 
     def _read(self, log_name: str, consumer: str) -> DataFrame:
         return (
@@ -232,6 +285,8 @@ class StreamingJob:
     def start(self) -> None:
         """Start every query; they run until :meth:`stop`."""
         spark_config = self.config.spark
+        if not self.remote:
+            self._write_job_info()
         self._start(self._deduplicated("readings"), "readings", self._write_readings, self.trigger)
         self._start(self.window_frame(), "windows", self._write_windows, self.trigger)
         self._side = SideTableCopier(
