@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+from sparkiot.cli_dashboard import add_dashboard_arguments, build_view, port_number
 from sparkiot.codecs import FORMATS
 from sparkiot.config import ConfigError, PipelineConfig, build_config, load_config, parse_duration
 
@@ -81,7 +82,7 @@ def demo_series():
 
 def cmd_demo(args) -> int:
     from sparkiot.ingest.replay import Replayer
-    from sparkiot.pipeline import Pipeline
+    from sparkiot.pipeline import Dashboard, Pipeline
 
     config = build_config(
         {
@@ -125,7 +126,11 @@ def cmd_demo(args) -> int:
         f"sparkiot demo: replaying {sum(len(s) for s in series)} real readings (glucose monitor, buoy sea temperature) "
         f"at {args.speed:g}x through an embedded MQTT broker into Spark; Ctrl-C stops."
     )
-    pipeline = Pipeline(config, duration=duration, on_broker_ready=start_replay)
+    dashboard = None
+    if not args.no_dashboard:
+        dashboard = Dashboard(build_view(args, data_dir=config.data_path, name="demo"), port=args.dashboard_port,
+                              any_port_if_busy=args.dashboard_port == 8050)
+    pipeline = Pipeline(config, duration=duration, on_broker_ready=start_replay, dashboard=dashboard)
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
     try:
         summary = pipeline.run()
@@ -139,10 +144,13 @@ def cmd_demo(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from sparkiot.pipeline import Pipeline
+    from sparkiot.pipeline import Dashboard, Pipeline
 
     config = load_config(args.config, data_dir=args.data_dir)
-    pipeline = Pipeline(config, duration=args.duration, view=not args.quiet)
+    dashboard = None
+    if args.dashboard_port is not None:
+        dashboard = Dashboard(build_view(args, data_dir=config.data_path, name=config.name), port=args.dashboard_port)
+    pipeline = Pipeline(config, duration=args.duration, view=not args.quiet, dashboard=dashboard)
     signal.signal(signal.SIGTERM, lambda *_: pipeline.stop())
     return _print_summary(pipeline.run())
 
@@ -281,6 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=_duration, default=60.0, help="seconds to run, Spark's start-up included (default 60; 0 runs until Ctrl-C)")
     demo.add_argument("--data-dir", default="sparkiot-data", help="where tables, state and logs go (default ./sparkiot-data)")
     demo.add_argument("--speed", type=float, default=100000.0, help="replay speed-up over real time (default 100000)")
+    demo.add_argument("--dashboard-port", type=port_number, default=8050,
+                      help="port of the live dashboard on 127.0.0.1 (default 8050, else a free one; 0 picks a free one)")
+    demo.add_argument("--no-dashboard", action="store_true", help="run without the dashboard")
+    add_dashboard_arguments(demo)
     demo.set_defaults(handler=cmd_demo)
 
     run = commands.add_parser("run", help="run a pipeline file")
@@ -288,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=_duration, default=None, help="seconds to run, Spark's start-up included (default: until Ctrl-C)")
     run.add_argument("--data-dir", default=None, help="override the file's data_dir")
     run.add_argument("--quiet", action="store_true", help="no live status line")
+    run.add_argument("--dashboard-port", type=port_number, default=None,
+                     help="serve the live dashboard and /metrics on 127.0.0.1:PORT while the pipeline runs (0 picks a free port)")
+    add_dashboard_arguments(run)
     run.set_defaults(handler=cmd_run)
 
     ingest = commands.add_parser("ingest", help="run only the MQTT ingest into the landing logs")
@@ -325,9 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_edge_commands(commands)
 
+    from sparkiot.cli_dashboard import add_dashboard_commands
     from sparkiot.cli_serverless import add_serverless_commands
 
     add_serverless_commands(commands)
+    add_dashboard_commands(commands)
     return parser
 
 

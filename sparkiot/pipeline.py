@@ -62,6 +62,29 @@ def checkpoint_conflict(config: PipelineConfig) -> str | None:
     )
 
 
+@dataclass
+class Dashboard:
+    """The live dashboard a pipeline serves on ``host:port`` while it runs (``view`` is a ``DataDirView``)."""
+
+    view: object
+    port: int
+    host: str = "127.0.0.1"
+    any_port_if_busy: bool = False
+    url: str | None = None
+
+    def start(self):
+        from sparkiot.dashboard.server import DashboardThread
+
+        try:
+            server = DashboardThread(self.view, host=self.host, port=self.port)
+        except OSError:
+            if not self.any_port_if_busy:
+                raise
+            server = DashboardThread(self.view, host=self.host, port=0)
+        self.url = server.start()
+        return server
+
+
 class Pipeline:
     """One pipeline run; :meth:`run` returns when the duration ends, on Ctrl-C, or on a failure."""
 
@@ -72,8 +95,10 @@ class Pipeline:
         duration: float | None = None,
         on_broker_ready: Callable[[str], None] | None = None,
         view: bool = True,
+        dashboard: Dashboard | None = None,
     ) -> None:
         self.config = config
+        self.dashboard = dashboard
         self.duration = duration
         self.on_broker_ready = on_broker_ready
         self.view = view
@@ -99,6 +124,7 @@ class Pipeline:
         ingest = None
         job = None
         spark = None
+        dashboard = None
         started = time.monotonic()
         failure = None
         try:
@@ -113,6 +139,13 @@ class Pipeline:
 
             ingest = self._start_ingest(config, broker_url)
             self._wait_for_subscription(config, ingest)
+            if self.dashboard is not None:
+                try:
+                    dashboard = self.dashboard.start()
+                except (OSError, RuntimeError) as exc:
+                    failure = str(exc)
+                    return RunSummary(config.data_path, time.monotonic() - started, {}, failure=failure)
+                print(f"dashboard: {self.dashboard.url} (Prometheus metrics at {self.dashboard.url}metrics)", flush=True)
             if self.on_broker_ready is not None:
                 self.on_broker_ready(broker_url)
             spark_log = None if config.spark.log_to_terminal else config.data_path / "logs" / "spark.log"
@@ -153,6 +186,8 @@ class Pipeline:
                 spark.stop()
             if broker is not None:
                 broker.stop()
+            if dashboard is not None:
+                dashboard.stop()
         output_rows = dict(job.rows_written) if job is not None else {}
         # The readings query's deduplication; the windows query repeats it once per window size.
         duplicates = job.progress.duplicates_dropped.get("readings", 0) if job is not None else 0

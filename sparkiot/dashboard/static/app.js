@@ -1,0 +1,395 @@
+// The sparkiot dashboard page: loads the state once from the JSON API, then follows the
+// server-sent events. Every URL is relative, so the page works under any prefix.
+"use strict";
+
+const state = {
+  fleet: new Map(),      // "device\u0000metric" -> row
+  sites: [],
+  alerts: [],
+  series: null,          // the selected series' columns
+  selection: null,       // {device, metric, window, around}
+  following: true,       // the chart shows the whole series and extends with new data
+  events: null,
+  chart: null,
+  retries: 0,
+  serverOffset: 0,       // the server's clock minus the browser's, in seconds
+};
+
+// Seconds from a window row being written to its point being drawn, for tests and benchmarks.
+window.sparkiotShown = [];
+window.sparkiotStatus = { events: 0, windowEvents: 0, resyncs: 0, lastHealth: null };
+
+const MAX_ALERTS = 200;
+const key = (device, metric) => device + "\u0000" + metric;
+
+function $(selector) { return document.querySelector(selector); }
+
+function text(value, digits = 2) {
+  if (value === null || value === undefined) return "–";
+  if (typeof value === "number") {
+    return Number.isInteger(value) ? value.toLocaleString("en") : value.toFixed(digits);
+  }
+  return String(value);
+}
+
+function seconds(value) {
+  if (value === null || value === undefined) return "–";
+  if (value < 1) return (value * 1000).toFixed(0) + " ms";
+  if (value < 120) return value.toFixed(value < 10 ? 2 : 1) + " s";
+  if (value < 7200) return (value / 60).toFixed(1) + " min";
+  return (value / 3600).toFixed(1) + " h";
+}
+
+function timeText(unixSeconds) {
+  if (!unixSeconds) return "–";
+  return new Date(unixSeconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
+}
+
+async function getJson(path) {
+  const response = await fetch(path, { headers: { Accept: "application/json" } });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new Error(`${path}: ${response.status} ${detail}`);
+  }
+  return response.json();
+}
+
+// -- health ---------------------------------------------------------------------------------
+
+function renderHealth(health) {
+  window.sparkiotStatus.lastHealth = health;
+  state.serverOffset = health.time - Date.now() / 1000;
+  $("#pipeline-name").textContent = health.pipeline || "";
+  const shown = {
+    input_rate: health.input_rate === null || health.input_rate === undefined ? "–" : text(health.input_rate, 1) + " /s",
+    batch_seconds: seconds(health.batch_seconds),
+    watermark_lag_seconds: seconds(health.watermark_lag_seconds),
+    latency_p99_seconds: health.latency_p99_seconds === null ? "–" : "≤ " + seconds(health.latency_p99_seconds),
+    readings_received: text(health.readings_received),
+    readings_stored: text(health.readings_stored),
+    windows: text(health.windows),
+    alerts: text(health.alerts),
+    late: text(health.late),
+    dead_letters: text(health.dead_letters),
+    executors: health.executors === null || health.executors === undefined
+      ? "–" : (health.executors === 0 && (health.master || "").startsWith("local") ? `0 (${health.master})` : text(health.executors)),
+    cost: costText(health),
+  };
+  for (const [name, value] of Object.entries(shown)) {
+    const cell = document.querySelector(`[data-health="${name}"]`);
+    if (cell) cell.textContent = value;
+  }
+  const reasons = Object.entries(health.dead_letters_by_reason || {});
+  $("#dead-letter-reasons").textContent = reasons.length
+    ? "dead letters by reason: " + reasons.map(([reason, count]) => `${reason} ${count}`).join(", ")
+    : "";
+}
+
+function costText(health) {
+  const costs = health.cost_usd || {};
+  const platform = health.cost_platform in costs ? health.cost_platform : Object.keys(costs)[0];
+  if (!platform) return "–";
+  return `$${costs[platform]} (${platform.replace(/_/g, " ")})`;
+}
+
+// -- fleet and sites ------------------------------------------------------------------------
+
+function renderFleet() {
+  const body = $("#fleet-rows");
+  const rows = [...state.fleet.values()].sort((a, b) => a.device_id.localeCompare(b.device_id) || a.metric.localeCompare(b.metric));
+  body.replaceChildren(...rows.map((row) => {
+    const tr = document.createElement("tr");
+    tr.dataset.device = row.device_id;
+    tr.dataset.metric = row.metric;
+    if (row.stale) tr.classList.add("stale");
+    const selected = state.selection && state.selection.device === row.device_id && state.selection.metric === row.metric;
+    if (selected) tr.classList.add("selected");
+    const cells = [
+      row.device_id,
+      row.metric,
+      text(row.value) + (row.unit ? " " + row.unit : ""),
+      row.site || "–",
+      (row.stale ? "stale, " : "") + timeText(row.ts),
+    ];
+    for (const value of cells) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.appendChild(td);
+    }
+    tr.addEventListener("click", () => { location.hash = seriesHash(row.device_id, row.metric); });
+    return tr;
+  }));
+}
+
+function renderSites() {
+  const body = $("#site-rows");
+  body.replaceChildren(...state.sites.map((site) => {
+    const tr = document.createElement("tr");
+    tr.dataset.site = site.site;
+    if (site.offline_since) tr.classList.add("stale");
+    const backlog = site.backlog_readings === null || site.backlog_readings === undefined ? "–" : text(site.backlog_readings) + " readings";
+    for (const value of [site.site, text(site.devices), timeText(site.last_sync), backlog, site.offline_since ? timeText(site.offline_since) : "online"]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.appendChild(td);
+    }
+    return tr;
+  }));
+}
+
+// -- alerts ---------------------------------------------------------------------------------
+
+function seriesHash(device, metric, window, around) {
+  let hash = `#series/${encodeURIComponent(device)}/${encodeURIComponent(metric)}`;
+  if (window) hash += `/${encodeURIComponent(window)}`;
+  if (around) hash += `@${around}`;
+  return hash;
+}
+
+function renderAlerts() {
+  const list = $("#alert-list");
+  list.replaceChildren(...state.alerts.map((alert) => {
+    const item = document.createElement("li");
+    item.dataset.alertId = alert.alert_id;
+    const link = document.createElement("a");
+    link.href = seriesHash(alert.device_id, alert.metric, null, alert.ts);
+    link.textContent = `${alert.device_id} ${alert.metric} = ${text(alert.value)} (z ${text(alert.score, 1)})`;
+    const when = document.createElement("span");
+    when.className = "note";
+    when.textContent = " " + timeText(alert.ts) + (alert.site ? ", site " + alert.site : "");
+    item.append(link, when);
+    return item;
+  }));
+}
+
+// -- the series chart -----------------------------------------------------------------------
+
+function chartData(series) {
+  return [series.start, series.mean, series.min, series.max];
+}
+
+function drawAlerts(u) {
+  if (!state.series) return;
+  const ctx = u.ctx;
+  ctx.save();
+  ctx.fillStyle = "#d62728";
+  for (const alert of state.series.alerts) {
+    if (alert.value === null) continue;
+    const x = u.valToPos(alert.ts, "x", true);
+    const y = u.valToPos(alert.value, "y", true);
+    if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
+    ctx.beginPath();
+    ctx.arc(x, Math.min(Math.max(y, u.bbox.top), u.bbox.top + u.bbox.height), 5 * devicePixelRatio, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  ctx.restore();
+}
+
+function makeChart(series) {
+  const element = $("#chart");
+  element.replaceChildren();
+  const options = {
+    width: Math.max(320, element.clientWidth || 640),
+    height: 320,
+    cursor: { drag: { x: true, y: false } },
+    scales: { x: { time: true } },
+    series: [
+      {},
+      { label: "mean", stroke: "#1f77b4", width: 1.5, spanGaps: false },
+      { label: "min", stroke: "rgba(31,119,180,0.35)", width: 1 },
+      { label: "max", stroke: "rgba(31,119,180,0.35)", width: 1 },
+    ],
+    bands: [{ series: [3, 2], fill: "rgba(31,119,180,0.15)" }],
+    axes: [{}, { label: series.metric }],
+    hooks: {
+      draw: [drawAlerts],
+      setSelect: [() => { state.following = false; }],
+    },
+  };
+  state.chart = new uPlot(options, chartData(series), element);
+  element.addEventListener("dblclick", () => { state.following = true; });
+}
+
+function zoomAround(ts) {
+  const series = state.series;
+  if (!series || !series.start.length || !state.chart) return;
+  const width = series.end[0] - series.start[0] || 3600;
+  state.following = false;
+  state.chart.setScale("x", { min: ts - 24 * width, max: ts + 24 * width });
+}
+
+function renderWindowChoices(series) {
+  const select = $("#window-select");
+  select.replaceChildren(...series.windows.map((name) => {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = name;
+    option.selected = name === series.window;
+    return option;
+  }));
+}
+
+async function selectSeries(selection) {
+  state.selection = selection;
+  state.following = !selection.around;
+  $("#series-title").textContent = `${selection.device} · ${selection.metric}`;
+  renderFleet();
+  const query = new URLSearchParams({ device_id: selection.device, metric: selection.metric });
+  if (selection.window) query.set("window", selection.window);
+  try {
+    state.series = await getJson("api/series?" + query);
+    $("#series-note").textContent = "";
+  } catch (error) {
+    state.series = null;
+    $("#chart").replaceChildren();
+    $("#series-note").textContent = `No windows yet for this series (${error.message}).`;
+    openEvents();
+    return;
+  }
+  state.selection.window = state.series.window;
+  renderWindowChoices(state.series);
+  makeChart(state.series);
+  if (selection.around) zoomAround(selection.around);
+  openEvents();
+}
+
+function addWindows(points) {
+  const series = state.series;
+  if (!series) return;
+  for (const point of points) {
+    // Points arrive in start order within an update; a late one is inserted in place.
+    let index = series.start.length;
+    while (index > 0 && series.start[index - 1] > point.start) index--;
+    for (const [name, value] of [["start", point.start], ["end", point.end], ["count", point.count],
+      ["mean", point.mean], ["min", point.min], ["max", point.max]]) {
+      series[name].splice(index, 0, value);
+    }
+  }
+  if (state.chart) {
+    if (state.following) {
+      state.chart.setData(chartData(series), true);
+    } else {
+      const x = state.chart.scales.x;
+      state.chart.setData(chartData(series), false);
+      state.chart.setScale("x", { min: x.min, max: x.max });
+    }
+  } else {
+    makeChart(series);
+  }
+  const now = Date.now() / 1000;
+  for (const point of points) {
+    window.sparkiotShown.push(now - point.written);
+  }
+  if (window.sparkiotShown.length > 10000) window.sparkiotShown.splice(0, window.sparkiotShown.length - 10000);
+}
+
+// -- the event stream -----------------------------------------------------------------------
+
+function setConnection(name) {
+  const element = $("#connection");
+  element.dataset.state = name;
+  element.textContent = name;
+}
+
+function openEvents() {
+  if (state.events) state.events.close();
+  const query = new URLSearchParams();
+  if (state.selection) {
+    query.set("device_id", state.selection.device);
+    query.set("metric", state.selection.metric);
+    if (state.selection.window) query.set("window", state.selection.window);
+  }
+  const events = new EventSource("api/events?" + query);
+  state.events = events;
+  events.addEventListener("open", () => { setConnection("live"); state.retries = 0; });
+  events.addEventListener("error", () => { setConnection("reconnecting"); });
+  events.addEventListener("hello", () => { window.sparkiotStatus.events++; });
+  events.addEventListener("health", (event) => { window.sparkiotStatus.events++; renderHealth(JSON.parse(event.data)); });
+  events.addEventListener("sites", (event) => { state.sites = JSON.parse(event.data); renderSites(); });
+  events.addEventListener("fleet", (event) => {
+    for (const row of JSON.parse(event.data)) state.fleet.set(key(row.device_id, row.metric), row);
+    renderFleet();
+    if (!state.selection && state.fleet.size) route();
+  });
+  events.addEventListener("alert", (event) => {
+    const fresh = JSON.parse(event.data).reverse();
+    state.alerts = fresh.concat(state.alerts).slice(0, MAX_ALERTS);
+    renderAlerts();
+    if (state.series) {
+      for (const alert of fresh) {
+        if (alert.device_id === state.series.device_id && alert.metric === state.series.metric) {
+          state.series.alerts.push({ ts: alert.ts, value: alert.value, score: alert.score, alert_id: alert.alert_id });
+        }
+      }
+      if (state.chart) state.chart.redraw(false);
+    }
+  });
+  events.addEventListener("window", (event) => {
+    window.sparkiotStatus.windowEvents++;
+    addWindows(JSON.parse(event.data));
+  });
+  events.addEventListener("resync", () => { window.sparkiotStatus.resyncs++; loadAll(); });
+}
+
+// -- start ----------------------------------------------------------------------------------
+
+function parseHash() {
+  const match = /^#series\/([^/@]+)\/([^/@]+)(?:\/([^@]+))?(?:@([0-9.]+))?$/.exec(location.hash);
+  if (!match) return null;
+  return {
+    device: decodeURIComponent(match[1]),
+    metric: decodeURIComponent(match[2]),
+    window: match[3] ? decodeURIComponent(match[3]) : null,
+    around: match[4] ? Number(match[4]) : null,
+  };
+}
+
+function route() {
+  let selection = parseHash();
+  if (!selection && state.fleet.size) {
+    const first = [...state.fleet.values()].sort((a, b) => a.device_id.localeCompare(b.device_id) || a.metric.localeCompare(b.metric))[0];
+    selection = { device: first.device_id, metric: first.metric, window: null, around: null };
+  }
+  if (selection) {
+    selectSeries(selection);
+  } else {
+    openEvents();
+  }
+}
+
+async function loadAll() {
+  try {
+    const [fleet, health, alerts] = await Promise.all([getJson("api/fleet"), getJson("api/health"), getJson("api/alerts?limit=" + MAX_ALERTS)]);
+    state.fleet = new Map(fleet.fleet.map((row) => [key(row.device_id, row.metric), row]));
+    state.sites = fleet.sites;
+    state.alerts = alerts.alerts;
+    renderFleet();
+    renderSites();
+    renderAlerts();
+    renderHealth(health);
+  } catch (error) {
+    setConnection("error: " + error.message);
+  }
+  route();
+}
+
+$("#window-select").addEventListener("change", (event) => {
+  const selection = state.selection;
+  if (selection) location.hash = seriesHash(selection.device, selection.metric, event.target.value);
+});
+// Staleness changes with time alone; the rows are marked again from their own figures.
+setInterval(() => {
+  const now = Date.now() / 1000 + state.serverOffset;
+  let changed = false;
+  for (const row of state.fleet.values()) {
+    const stale = now - row.arrived > row.stale_after;
+    if (stale !== row.stale) { row.stale = stale; changed = true; }
+  }
+  if (changed) renderFleet();
+}, 2000);
+window.addEventListener("hashchange", route);
+window.addEventListener("resize", () => {
+  if (state.chart) state.chart.setSize({ width: Math.max(320, $("#chart").clientWidth), height: 320 });
+});
+loadAll();
