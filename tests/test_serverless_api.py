@@ -33,6 +33,7 @@ ENDPOINTS = [
     ("GET", "/pipelines/p/logs", None, 200),
     ("GET", "/pipelines/p/cost", None, 200),
     ("PUT", "/pipelines/p/scaling", {"trigger": 2.0}, 200),
+    ("GET", "/metrics", None, 200),
     ("DELETE", "/pipelines/p", None, 204),
 ]
 

@@ -1,28 +1,34 @@
 """The control plane's HTTP API (FastAPI); its OpenAPI schema is served at ``/openapi.json``.
 
-Every endpoint under ``/pipelines`` and ``/health`` needs ``Authorization: Bearer TOKEN``; a
-missing or wrong token gets 401. The schema and its documentation page (``/docs``) are public:
-they describe the API and hold no data.
+Every endpoint under ``/pipelines``, ``/health`` and ``/metrics`` needs ``Authorization: Bearer
+TOKEN``; a missing or wrong token gets 401. The dashboards under ``/dashboard/NAME/`` take the
+same token as a bearer header or as a cookie (see :func:`add_dashboards`). The schema and its
+documentation page (``/docs``) are public: they describe the API and hold no data.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+from urllib.parse import quote
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from typing import Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from sparkiot.config import ConfigError
+from sparkiot.dashboard.app import Hub, dashboard_router, metrics_response
+from sparkiot.dashboard.view import DataDirView
 from sparkiot.serverless.control import LOG_SOURCES, ControlPlane, Invalid, NotFound
+from sparkiot.serverless.dashboards import PipelineDashboards
 from sparkiot.serverless.registry import Conflict
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+COOKIE = "sparkiot_token"
 
 
 class Submission(BaseModel):
@@ -56,7 +62,10 @@ def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None 
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        hub = _app.state.dashboard_hub
+        await hub.start()
         yield
+        await hub.stop()
         if on_shutdown is not None:
             await asyncio.to_thread(on_shutdown)
 
@@ -170,4 +179,51 @@ def create_app(control: ControlPlane, *, on_shutdown: Callable[[], None] | None 
         except Invalid as exc:
             raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
 
+    add_dashboards(app, control, authorized_by_cookie=lambda token: secrets.compare_digest(token.encode(), control.token.encode()),
+                   guarded=guarded)
     return app
+
+
+def add_dashboards(app: FastAPI, control: ControlPlane, *, authorized_by_cookie, guarded) -> None:
+    """Serve each pipeline's dashboard at ``/dashboard/NAME/`` and every pipeline's metrics at ``/metrics``.
+
+    A browser cannot send a bearer header with its page loads and event streams, so the
+    dashboard also accepts the token in the ``sparkiot_token`` cookie. Opening
+    ``/dashboard/NAME?token=TOKEN`` once sets that cookie (HttpOnly, SameSite=Strict) and
+    redirects to ``/dashboard/NAME/``, so the token leaves the address bar.
+    """
+    dashboards = PipelineDashboards(control)
+    hub = Hub(dashboards.views)
+    # The app's lifespan starts and stops the hub.
+    app.state.dashboard_hub = hub
+
+    def dashboard_view(request: Request) -> tuple[str, DataDirView]:
+        name = request.path_params["name"]
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else request.cookies.get(COOKIE, "")
+        if not token or not authorized_by_cookie(token):
+            raise HTTPException(status.HTTP_401_UNAUTHORIZED,
+                                f"missing or wrong token: open /dashboard/{name}?token=TOKEN once, or send 'Authorization: Bearer TOKEN'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        try:
+            return name, dashboards.view(name)
+        except NotFound:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no pipeline named {name!r}; GET /pipelines lists them") from None
+
+    @app.get("/dashboard/{name}", include_in_schema=False)
+    def dashboard_login(name: str, token: str | None = None):
+        target = f"/dashboard/{quote(name, safe='')}/"
+        response = RedirectResponse(target, status_code=303)
+        if token is not None:
+            if not authorized_by_cookie(token):
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong token")
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/dashboard/")
+        return response
+
+    app.include_router(dashboard_router(dashboard_view, hub), prefix="/dashboard/{name}")
+
+    @app.get("/metrics", dependencies=guarded, response_class=Response,
+             description="Every pipeline's metrics in the Prometheus text format.")
+    def metrics() -> Response:
+        views = dashboards.all_views()
+        return metrics_response(lambda: views)
