@@ -1,0 +1,239 @@
+"""The dashboard's view of a data directory, its metrics and its HTTP side, on tables written here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.dashboard_support import (
+    alert_rows,
+    dead_letter_rows,
+    late_rows,
+    reading_rows,
+    window_rows,
+    write_batch,
+    write_side_file,
+)
+from sparkiot.dashboard.buckets import LATENCY_BUCKETS, BucketCounts
+from sparkiot.dashboard.metrics import registry_for
+from sparkiot.dashboard.progress import ProgressLog
+from sparkiot.dashboard.view import DataDirView
+from sparkiot.state.crdt_store import SqliteCrdtStore
+
+T0 = 1_790_000_000.0
+
+
+def metric_samples(view: DataDirView) -> dict[tuple, float]:
+    from prometheus_client import generate_latest
+
+    text = generate_latest(registry_for(lambda: [view])).decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "pipeline"))
+            samples[(sample.name, labels)] = sample.value
+    return samples
+
+
+def test_counts_equal_table_rows(tmp_path):
+    now = time.time()
+    first = reading_rows([("d1", "temp", T0 + i, 20 + i, "s1", now - 1) for i in range(5)])
+    second = reading_rows([("d2", "co2", T0 + i, 400 + i, "s2", now - 1) for i in range(3)])
+    write_batch(tmp_path, "readings", 0, first)
+    write_batch(tmp_path, "readings", 1, second, date="2026-01-02")
+    write_batch(tmp_path, "windows", 0, window_rows([("1h", "d1", "temp", T0, T0 + 3600, 5, 22.0, 20.0, 24.0)]))
+    write_side_file(tmp_path, "late", 0, 1, late_rows(2, T0))
+    write_side_file(tmp_path, "dead_letters", 0, 3, dead_letter_rows(["invalid_json", "invalid_json", "non_numeric_value"], now))
+    write_side_file(tmp_path, "alerts", 0, 0, alert_rows([("a1", "d1", "temp", T0 + 4, 24.0, 5.0)]))
+
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    readings = pd.read_parquet(tmp_path / "tables" / "readings")
+    dead = pd.read_parquet(tmp_path / "tables" / "dead_letters")
+    assert view.counts["readings"] == len(readings) == 8
+    assert view.counts["windows"] == 1
+    assert view.counts["late"] == 2
+    assert view.counts["alerts"] == 1
+    assert view.counts["dead_letters"] == len(dead)
+    assert view.dead_letters_by_reason == dead["reason"].value_counts().to_dict()
+
+
+def test_fleet_keeps_newest_reading_and_interval(tmp_path):
+    now = time.time()
+    rows = [("d1", "temp", T0 + 10 * i, float(i), "s1", now) for i in (3, 0, 2, 1)]
+    write_batch(tmp_path, "readings", 0, reading_rows(rows))
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    (row,) = view.fleet()
+    assert row["value"] == 3.0
+    assert row["ts"] == T0 + 30
+    assert row["interval"] == 10.0
+    assert row["site"] == "s1"
+
+    # An older reading in a later batch does not replace the newest value.
+    write_batch(tmp_path, "readings", 1, reading_rows([("d1", "temp", T0, 99.0, "s1", now)]))
+    view.poll()
+    assert view.fleet()[0]["value"] == 3.0
+
+
+def test_series_is_stale_after_missed_intervals(tmp_path):
+    now = time.time()
+    old = reading_rows([("quiet", "temp", T0 + i, 1.0, None, now - 60) for i in range(3)])
+    fresh = reading_rows([("busy", "temp", T0 + 60 * i, 1.0, None, now) for i in range(3)])
+    write_batch(tmp_path, "readings", 0, old, written=now - 10)
+    write_batch(tmp_path, "readings", 1, fresh, written=now)
+    view = DataDirView(tmp_path, stale_intervals=3)
+    view.poll()
+
+    stale = {row["device_id"]: row["stale"] for row in view.fleet()}
+    assert stale == {"quiet": True, "busy": False}
+    assert view.health()["stale_series"] == 1
+
+
+def test_replaced_batch_keeps_counts_equal(tmp_path):
+    rows = reading_rows([("d1", "temp", T0 + i, 1.0, None, T0) for i in range(4)])
+    write_batch(tmp_path, "readings", 0, rows)
+    view = DataDirView(tmp_path)
+    view.poll()
+    assert view.counts["readings"] == 4
+
+    write_batch(tmp_path, "readings", 0, rows.slice(0, 3))
+    view.poll()
+    assert view.counts["readings"] == len(pd.read_parquet(tmp_path / "tables" / "readings")) == 3
+
+
+def test_end_to_end_latency_uses_write_time(tmp_path):
+    written = time.time() - 5
+    offsets = [0.05, 0.3, 0.3, 1.5, 40.0]
+    rows = reading_rows([("d1", "temp", T0 + i, 1.0, None, written - offset) for i, offset in enumerate(offsets)])
+    write_batch(tmp_path, "readings", 0, rows, written=written)
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    expected = BucketCounts(LATENCY_BUCKETS)
+    expected.observe(offsets)
+    assert view.latency.counts.tolist() == expected.counts.tolist()
+    assert view.latency.sum == pytest.approx(sum(offsets), abs=1e-3)
+    assert dict(view.latency.cumulative())["0.5"] == 3
+
+
+def test_series_windows_sorted_and_bounded(tmp_path):
+    write_batch(tmp_path, "windows", 0, window_rows(
+        [("1h", "d1", "temp", T0 + 3600 * k, T0 + 3600 * (k + 1), 1, float(k), k - 1.0, k + 1.0) for k in (2, 0, 4)]
+        + [("6h", "d1", "temp", T0, T0 + 21600, 3, 2.0, 0.0, 4.0)]))
+    write_batch(tmp_path, "windows", 1, window_rows(
+        [("1h", "d1", "temp", T0 + 3600 * k, T0 + 3600 * (k + 1), 1, float(k), k - 1.0, k + 1.0) for k in (1, 3)]))
+    view = DataDirView(tmp_path, max_points=4)
+    view.poll()
+
+    series = view.series_points("d1", "temp")
+    assert series["window"] == "1h"
+    assert series["windows"] == ["1h", "6h"]
+    assert series["start"] == [T0 + 3600 * k for k in (1, 2, 3, 4)]
+    assert series["mean"] == [1.0, 2.0, 3.0, 4.0]
+    assert series["min"] == [0.0, 1.0, 2.0, 3.0]
+    assert view.series_points("d1", "temp", "6h")["count"] == [3]
+
+
+def test_alerts_newest_first_with_markers(tmp_path):
+    write_side_file(tmp_path, "alerts", 0, 1, alert_rows([("a1", "d1", "temp", T0, 9.0, 5.0), ("a2", "d2", "co2", T0 + 5, 900.0, 6.0)]))
+    write_side_file(tmp_path, "alerts", 2, 2, alert_rows([("a3", "d1", "temp", T0 + 9, 11.0, 7.0)]))
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    assert [alert["alert_id"] for alert in view.alerts()] == ["a3", "a2", "a1"]
+    assert [marker["alert_id"] for marker in view.series_points("d1", "temp")["alerts"]] == ["a1", "a3"]
+
+
+def test_progress_log_read_across_rotation(tmp_path):
+    path = tmp_path / "progress.jsonl"
+    log = ProgressLog(path)
+    path.write_text(json.dumps({"query": "readings", "batch_id": 0}) + "\n")
+    assert [line["batch_id"] for line in log.read_new()] == [0]
+
+    with open(path, "a") as out:
+        out.write(json.dumps({"query": "readings", "batch_id": 1}) + "\n")
+    path.rename(tmp_path / "progress.jsonl.1")
+    path.write_text(json.dumps({"query": "readings", "batch_id": 2}) + "\n" + '{"query": "readi')
+    assert [line["batch_id"] for line in log.read_new()] == [1, 2]
+
+    with open(path, "a") as out:
+        out.write('ngs", "batch_id": 3}\nnot json\n')
+    assert [line["batch_id"] for line in log.read_new()] == [3]
+    assert log.invalid_lines == 1
+
+
+def test_batch_durations_from_progress(tmp_path):
+    lines = [{"query": "readings", "batch_id": i, "batch_ms": ms, "input_rate": 10.0, "executors": 2}
+             for i, ms in enumerate([40, 700, 2500])]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    durations = view.batch_durations["readings"]
+    assert dict(durations.cumulative()) == {"0.05": 1, "0.1": 1, "0.25": 1, "0.5": 1, "1.0": 2, "2.0": 2, "5.0": 3,
+                                            "10.0": 3, "30.0": 3, "60.0": 3, "120.0": 3, "+Inf": 3}
+    assert view.health()["executors"] == 2
+    assert view.health()["batch_seconds"] == 2.5
+
+
+def test_sites_from_sync_store_and_edge_stats(tmp_path):
+    now = time.time()
+    SqliteCrdtStore(tmp_path / "state.sqlite").close()
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("INSERT INTO sync_versions VALUES ('north', 'r1', 7, ?)", (int((now - 5) * 1e6),))
+        db.execute("INSERT INTO sync_versions VALUES ('south', 'r2', 3, ?)", (int((now - 900) * 1e6),))
+    edge = tmp_path / "edge-north"
+    edge.mkdir()
+    (edge / "edge_stats.json").write_text(json.dumps({"site": "north", "buffer_readings": 42, "uplink_connected": True}))
+    view = DataDirView(tmp_path, edge_dirs=(edge,), site_offline_seconds=300)
+    view.poll()
+
+    sites = {site["site"]: site for site in view.sites()}
+    assert sites["north"]["synced_seq"] == 7
+    assert sites["north"]["backlog_readings"] == 42
+    assert sites["north"]["offline_since"] is None
+    assert sites["south"]["offline_since"] == pytest.approx(now - 900, abs=1)
+    samples = metric_samples(view)
+    assert samples[("sparkiot_edge_backlog_readings", (("site", "north"),))] == 42
+    assert samples[("sparkiot_edge_sync_lag_seconds", (("site", "south"),))] == pytest.approx(900, abs=5)
+
+
+def test_metrics_counters_equal_tables(tmp_path):
+    now = time.time()
+    write_batch(tmp_path, "readings", 0, reading_rows([("d1", "temp", T0 + i, 1.0, None, now) for i in range(7)]))
+    write_side_file(tmp_path, "dead_letters", 0, 2, dead_letter_rows(["invalid_json", "timestamp_out_of_range", "invalid_json"], now))
+    write_side_file(tmp_path, "late", 0, 0, late_rows(4, T0))
+    (tmp_path / "ingest_stats.json").write_text(json.dumps({"readings": 11}))
+    view = DataDirView(tmp_path)
+    view.poll()
+
+    samples = metric_samples(view)
+    dead = pd.read_parquet(tmp_path / "tables" / "dead_letters")["reason"].value_counts()
+    assert samples[("sparkiot_readings_stored_total", ())] == len(pd.read_parquet(tmp_path / "tables" / "readings"))
+    assert samples[("sparkiot_late_readings_total", ())] == len(pd.read_parquet(tmp_path / "tables" / "late"))
+    assert samples[("sparkiot_readings_received_total", ())] == 11
+    for reason, count in dead.items():
+        assert samples[("sparkiot_dead_letters_total", (("reason", reason),))] == count
+    assert samples[("sparkiot_end_to_end_latency_seconds_count", ())] == 7
+
+
+def test_local_cost_prices_the_driver(tmp_path):
+    from sparkiot.serverless.metering import Holding, load_prices, price
+
+    started = time.time() - 600
+    (tmp_path / "job.json").write_text(json.dumps(
+        {"started": started, "master": "local[2]", "driver_cores": 2, "driver_memory_bytes": 1024**3}))
+    prices = load_prices()
+    view = DataDirView(tmp_path, prices=prices, platform="dataproc_serverless")
+    view.poll()
+
+    expected = price([Holding("driver", "driver", 2.0, 1024 + 384, started, time.time())], prices, "dataproc_serverless")
+    assert view.health()["cost_usd"] == {"dataproc_serverless": str(expected.total)}
