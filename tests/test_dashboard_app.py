@@ -97,7 +97,8 @@ def test_page_and_vendored_chart_library(served):
     assert page.status_code == 200
     assert '<script src="static/vendor/uplot/uPlot.iife.min.js">' in page.text
     # Nothing is loaded from another host: the page works offline.
-    assert "http://" not in page.text and "https://" not in page.text
+    assert "http://" not in page.text
+    assert "https://" not in page.text
     assert library.status_code == 200
     assert "uPlot" in library.text
     assert "MIT License" in licence.text
@@ -148,7 +149,8 @@ def test_control_plane_dashboard_token_becomes_cookie(control_api):
     assert login.status_code == 303
     assert login.headers["location"] == "/dashboard/p/"
     cookie = login.headers["set-cookie"]
-    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie
     page = api.get("/dashboard/p/")
     unknown = api.get("/dashboard/nope/api/health")
     assert page.status_code == 200

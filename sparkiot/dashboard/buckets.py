@@ -1,9 +1,9 @@
 """Histograms kept as bucket counts, observed a batch of values at a time.
 
 prometheus-client's ``Histogram`` observes one value per call. The dashboard observes the
-end-to-end latency of every stored reading, tens of thousands per poll when it reads a large
-table, so it counts them per bucket with one vectorized call and hands the totals to a custom
-collector (:mod:`sparkiot.dashboard.metrics`) in Prometheus' cumulative form.
+end-to-end latency of every stored reading, tens of thousands per poll on a large table. So it
+counts them per bucket with one vectorized call, and a custom collector
+(:mod:`sparkiot.dashboard.metrics`) exposes the totals in Prometheus' cumulative form.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """The Prometheus exposition of one or more pipelines' dashboards.
 
 Every metric carries a ``pipeline`` label. The counters are the dashboard's table counts, so
-each equals the rows of its table at the last poll; they restart from the tables (not from
-zero) when the dashboard restarts, which Prometheus' ``rate()`` treats as a counter reset only
-when a table shrank.
+each equals the rows of its table at the last poll. A restarted dashboard counts the tables
+again, so its counters resume from the tables' sizes, not from zero.
 
 | metric | type | what |
 |---|---|---|
@@ -51,6 +50,7 @@ class DashboardCollector(Collector):
             "alerts": CounterMetricFamily("sparkiot_alerts", "Rows of the alerts table.", labels=["pipeline"]),
             "late": CounterMetricFamily("sparkiot_late_readings", "Rows of the late table.", labels=["pipeline"]),
         }
+
         dead = CounterMetricFamily("sparkiot_dead_letters", "Rows of the dead-letter table per reason code.",
                                    labels=["pipeline", "reason"])
         batches = CounterMetricFamily("sparkiot_batches", "Micro-batches run per query.", labels=["pipeline", "query"])
@@ -71,6 +71,7 @@ class DashboardCollector(Collector):
                                      labels=["pipeline", "site"])
         backlog = GaugeMetricFamily("sparkiot_edge_backlog_readings", "Readings buffered at the site's edge agent.",
                                     labels=["pipeline", "site"])
+
         now = time.time()
         for view in self.views():
             with view.lock:
@@ -89,6 +90,7 @@ class DashboardCollector(Collector):
                     durations.add_metric([name, query], buckets.cumulative(), buckets.sum)
                 latency.add_metric([name], view.latency.cumulative(), view.latency.sum)
                 sites = view.sites()
+
             _add_if_number(watermark, [name], health.get("watermark_lag_seconds"))
             _add_if_number(input_rate, [name], health.get("input_rate"))
             _add_if_number(executors, [name], health.get("executors"))
@@ -96,10 +98,12 @@ class DashboardCollector(Collector):
                 cost.add_metric([name, platform], float(amount))
             devices.add_metric([name], health.get("devices", 0))
             stale.add_metric([name], health.get("stale_series", 0))
+
             for site in sites:
                 if site["last_sync"] is not None:
                     sync_lag.add_metric([name, site["site"]], max(0.0, now - site["last_sync"]))
                 _add_if_number(backlog, [name, site["site"]], site["backlog_readings"])
+
         yield from counters.values()
         yield from (dead, batches, durations, latency, watermark, input_rate, executors, cost, devices, stale, sync_lag, backlog)
 

@@ -12,9 +12,9 @@ file) once, the first time it is seen, with its rows and the time it was written
 replaced later (written again after a restart, with the same rows) is returned again with
 ``replaced`` set to the rows it had, so counts built from the tail stay equal to the table's.
 
-Listing is cheap on a large table: only folders whose modification time changed since the last
-poll are listed again, and folders changed within the last second are listed once more, because
-a file system may give two changes within one clock tick the same time.
+Listing stays cheap on a large table: only folders whose modification time changed since the
+last poll are listed again. A folder changed within the last second is listed once more,
+because a file system may give two changes within one clock tick the same time.
 """
 
 from __future__ import annotations

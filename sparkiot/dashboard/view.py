@@ -1,4 +1,4 @@
-"""What the dashboard shows of one pipeline, read from its data directory.
+"""The dashboard's picture of one pipeline, read from its data directory.
 
 A :class:`DataDirView` reads only files that the pipeline's processes write: the Parquet tables,
 ``progress.jsonl`` (one line per micro-batch), ``ingest_stats.json``, ``job.json``, the sync
@@ -102,7 +102,7 @@ class Series:
 
 @dataclass
 class Update:
-    """What one :meth:`DataDirView.poll` found new; pushed to the dashboard's clients."""
+    """The rows and figures one :meth:`DataDirView.poll` found new, pushed to the dashboard's clients."""
 
     version: int
     fleet: list[dict]

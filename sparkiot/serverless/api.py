@@ -216,7 +216,7 @@ def add_dashboards(app: FastAPI, control: ControlPlane, *, authorized_by_cookie,
         response = RedirectResponse(target, status_code=303)
         if token is not None:
             if not authorized_by_cookie(token):
-                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong token")
+                raise HTTPException(status.HTTP_401_UNAUTHORIZED, "wrong token; use the token of 'sparkiot serve' (STATE_DIR/token)")
             response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/dashboard/")
         return response
 

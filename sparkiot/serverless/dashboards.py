@@ -33,7 +33,7 @@ class PipelineDashboards:
             # A pipeline submitted again under the same name may have another data directory.
             if known is None or known[0] != record["data_dir"]:
                 view = DataDirView(record["data_dir"], name=name, runtime=self._runtime(name))
-                # The first read happens here, so a page or a scrape never sees an unread view.
+                # The first read happens here, so no page or scrape gets a view that has read nothing.
                 view.poll()
                 known = (record["data_dir"], view)
                 self._views[name] = known

@@ -13,11 +13,12 @@ const state = {
   chart: null,
   retries: 0,
   serverOffset: 0,       // the server's clock minus the browser's, in seconds
+  loading: false,        // a series is being fetched
 };
 
 // Seconds from a window row being written to its point being drawn, for tests and benchmarks.
 window.sparkiotShown = [];
-window.sparkiotStatus = { events: 0, windowEvents: 0, resyncs: 0, lastHealth: null };
+window.sparkiotStatus = { events: 0, windowEvents: 0, resyncs: 0, points: 0, lastHealth: null };
 
 const MAX_ALERTS = 200;
 const key = (device, metric) => device + "\u0000" + metric;
@@ -237,6 +238,7 @@ async function selectSeries(selection) {
   renderFleet();
   const query = new URLSearchParams({ device_id: selection.device, metric: selection.metric });
   if (selection.window) query.set("window", selection.window);
+  state.loading = true;
   try {
     state.series = await getJson("api/series?" + query);
     $("#series-note").textContent = "";
@@ -246,8 +248,11 @@ async function selectSeries(selection) {
     $("#series-note").textContent = `No windows yet for this series (${error.message}).`;
     openEvents();
     return;
+  } finally {
+    state.loading = false;
   }
   state.selection.window = state.series.window;
+  window.sparkiotStatus.points = state.series.start.length;
   renderWindowChoices(state.series);
   makeChart(state.series);
   if (selection.around) zoomAround(selection.around);
@@ -256,7 +261,11 @@ async function selectSeries(selection) {
 
 function addWindows(points) {
   const series = state.series;
-  if (!series) return;
+  if (!series) {
+    // The series had no windows when it was selected; load it now that it has some.
+    if (state.selection && !state.loading) selectSeries({ ...state.selection, around: null });
+    return;
+  }
   for (const point of points) {
     // Points arrive in start order within an update; a late one is inserted in place.
     let index = series.start.length;
@@ -277,6 +286,7 @@ function addWindows(points) {
   } else {
     makeChart(series);
   }
+  window.sparkiotStatus.points = series.start.length;
   const now = Date.now() / 1000;
   for (const point of points) {
     window.sparkiotShown.push(now - point.written);
