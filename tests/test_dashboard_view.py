@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -237,3 +239,24 @@ def test_local_cost_prices_the_driver(tmp_path):
 
     expected = price([Holding("driver", "driver", 2.0, 1024 + 384, started, time.time())], prices, "dataproc_serverless")
     assert view.health()["cost_usd"] == {"dataproc_serverless": str(expected.total)}
+
+
+def test_damaged_file_is_reported_then_read(tmp_path):
+    folder = tmp_path / "tables" / "dead_letters" / "date=2026-01-01"
+    folder.mkdir(parents=True)
+    damaged = folder / "part-00000000000000000000-00000000000000000001.parquet"
+    damaged.write_bytes(b"PAR1 this is not a parquet file")
+    view = DataDirView(tmp_path)
+    view.poll()
+    view.poll()
+    assert view.counts["dead_letters"] == 0
+    assert view.health()["unreadable_files"] == 1
+
+    # Repaired in place, without a change to its folder: the next poll reads it.
+    repaired = tmp_path / "repaired.parquet"
+    pq.write_table(dead_letter_rows(["invalid_json", "invalid_json"], time.time()), repaired)
+    damaged.write_bytes(repaired.read_bytes())
+    os.utime(folder, ns=(folder.stat().st_atime_ns, folder.stat().st_mtime_ns - 5_000_000_000))
+    view.poll()
+    assert view.counts["dead_letters"] == 2
+    assert view.health()["unreadable_files"] == 0

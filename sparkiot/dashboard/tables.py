@@ -71,16 +71,26 @@ class PartitionTail:
         # Partition path to (inode, rows) of the version read.
         self._read: dict[str, tuple[int, int]] = {}
         self.failures = 0
+        self._failed: dict[str, int] = {}
+
+    @property
+    def unreadable(self) -> int:
+        """Return how many units failed their last read (a damaged or foreign file)."""
+        return len(self._failed)
 
     def poll(self) -> list[Partition]:
         """Return every unit that appeared or was replaced since the last call, oldest first."""
         found: list[Partition] = []
         now_ns = time.time_ns()
-        for date_dir in self._changed(self.path, now_ns):
-            for entry in self._changed_entries(date_dir, now_ns):
-                partition = self._read_partition(entry)
-                if partition is not None:
-                    found.append(partition)
+        candidates = [entry.path for date_dir in self._changed(self.path, now_ns)
+                      for entry in self._changed_entries(date_dir, now_ns)]
+        # Units that failed to read are tried again even when their folder did not change.
+        listed = set(candidates)
+        candidates += [path for path in self._failed if path not in listed]
+        for path in candidates:
+            partition = self._read_partition(path)
+            if partition is not None:
+                found.append(partition)
         found.sort(key=lambda p: p.batch_id)
         return found
 
@@ -115,32 +125,39 @@ class PartitionTail:
         self._listed[key] = mtime
         return listed
 
-    def _read_partition(self, entry: os.DirEntry) -> Partition | None:
+    def _read_partition(self, unit: str) -> Partition | None:
         try:
-            stat = entry.stat()
+            stat = os.stat(unit)
         except FileNotFoundError:
+            self._failed.pop(unit, None)
             return None
-        known = self._read.get(entry.path)
+        known = self._read.get(unit)
         if known is not None and known[0] == stat.st_ino:
             return None
         try:
-            if entry.is_dir():
-                with os.scandir(entry.path) as files:
+            if os.path.isdir(unit):
+                with os.scandir(unit) as files:
                     names = sorted(f.name for f in files if _visible(f.name) and f.name.endswith(".parquet"))
-                paths = [os.path.join(entry.path, name) for name in names]
+                paths = [os.path.join(unit, name) for name in names]
             else:
-                paths = [entry.path]
+                paths = [unit]
             if not paths:
                 return None
             parts = [pq.read_table(path, columns=self.columns) for path in paths]
             rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
         except FileNotFoundError:
-            # Replaced while being read; the next poll reads the new folder.
+            # Deleted, or replaced while being read: the next poll reads the new version.
+            self._failed.pop(unit, None)
             return None
         except (pa.ArrowInvalid, OSError) as exc:
             self.failures += 1
-            log.warning("cannot read partition %s yet (%s); retrying at the next poll", entry.path, exc)
+            attempts = self._failed[unit] = self._failed.get(unit, 0) + 1
+            # A file that stays unreadable is retried at every poll but logged rarely.
+            if attempts == 1 or attempts % 1000 == 0:
+                log.warning("cannot read %s (%s, attempt %d); it is read again at each poll, and its rows are not "
+                            "counted until it can be", unit, exc, attempts)
             return None
-        self._read[entry.path] = (stat.st_ino, rows.num_rows)
+        self._failed.pop(unit, None)
+        self._read[unit] = (stat.st_ino, rows.num_rows)
         replaced = known[1] if known is not None else 0
-        return Partition(entry.path, _batch_id(entry.name), rows, stat.st_mtime, replaced)
+        return Partition(unit, _batch_id(os.path.basename(unit)), rows, stat.st_mtime, replaced)

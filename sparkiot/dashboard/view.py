@@ -448,6 +448,7 @@ class DataDirView:
             "cost_platform": self.platform,
             "latency_p50_seconds": _finite_or_none(self.latency.quantile(0.5)),
             "latency_p99_seconds": _finite_or_none(self.latency.quantile(0.99)),
+            "unreadable_files": sum(tail.unreadable for tail in (self._readings, self._windows, self._alerts, self._late, self._dead)),
             "devices": len({device for device, _ in self.latest}),
             "stale_series": sum(1 for row in (self._fleet_row(e, now) for e in self.latest.values()) if row["stale"]),
         }
