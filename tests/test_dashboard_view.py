@@ -145,8 +145,10 @@ def test_series_windows_sorted_and_bounded(tmp_path):
 
 
 def test_alerts_newest_first_with_markers(tmp_path):
-    write_side_file(tmp_path, "alerts", 0, 1, alert_rows([("a1", "d1", "temp", T0, 9.0, 5.0), ("a2", "d2", "co2", T0 + 5, 900.0, 6.0)]))
-    write_side_file(tmp_path, "alerts", 2, 2, alert_rows([("a3", "d1", "temp", T0 + 9, 11.0, 7.0)]))
+    # One copy step writes one file per date, all with the same first offset.
+    write_side_file(tmp_path, "alerts", 0, 1, alert_rows([("a2", "d2", "co2", T0 + 86_400, 900.0, 6.0)]), date="2026-01-02")
+    write_side_file(tmp_path, "alerts", 0, 1, alert_rows([("a1", "d1", "temp", T0, 9.0, 5.0)]), date="2026-01-01")
+    write_side_file(tmp_path, "alerts", 2, 2, alert_rows([("a3", "d1", "temp", T0 + 90_000, 11.0, 7.0)]), date="2026-01-02")
     view = DataDirView(tmp_path)
     view.poll()
 

@@ -290,7 +290,7 @@ class DataDirView:
                 continue
             rows = partition.rows
             frame = rows.drop_columns(["ts", "detected_ts"]).to_pandas()
-            frame = frame.assign(ts_s=_seconds(rows, "ts"), detected_s=_seconds(rows, "detected_ts")).sort_values("ts_s")
+            frame = frame.assign(ts_s=_seconds(rows, "ts"), detected_s=_seconds(rows, "detected_ts"))
             for row in frame.itertuples(index=False):
                 alert = {
                     "alert_id": row.alert_id,
@@ -305,9 +305,13 @@ class DataDirView:
                     "site": row.site,
                     "detected": float(row.detected_s),
                 }
-                self.alert_feed.appendleft(alert)
-                self.markers.setdefault((row.device_id, row.metric), deque(maxlen=self.max_alerts)).append(alert)
                 new_alerts.append(alert)
+        # One copy step writes a file per date with the same first offset, so files do not give
+        # the order; the feed is newest first by detection time, then by event time.
+        new_alerts.sort(key=lambda alert: (alert["detected"], alert["ts"], alert["alert_id"]))
+        for alert in new_alerts:
+            self.alert_feed.appendleft(alert)
+            self.markers.setdefault((alert["device_id"], alert["metric"]), deque(maxlen=self.max_alerts)).append(alert)
         return new_alerts
 
     def _poll_dead_letters(self) -> None:

@@ -46,6 +46,12 @@ function timeText(unixSeconds) {
   return new Date(unixSeconds * 1000).toISOString().replace("T", " ").replace(/\.\d+Z$/, "Z");
 }
 
+// Minutes are enough in the fleet table, which has little room.
+function shortTime(unixSeconds) {
+  if (!unixSeconds) return "–";
+  return new Date(unixSeconds * 1000).toISOString().slice(0, 16).replace("T", " ") + "Z";
+}
+
 async function getJson(path) {
   const response = await fetch(path, { headers: { Accept: "application/json" } });
   if (!response.ok) {
@@ -111,7 +117,7 @@ function renderFleet() {
       row.metric,
       text(row.value) + (row.unit ? " " + row.unit : ""),
       row.site || "–",
-      (row.stale ? "stale, " : "") + timeText(row.ts),
+      (row.stale ? "stale, " : "") + shortTime(row.ts),
     ];
     for (const value of cells) {
       const td = document.createElement("td");
@@ -130,7 +136,7 @@ function renderSites() {
     tr.dataset.site = site.site;
     if (site.offline_since) tr.classList.add("stale");
     const backlog = site.backlog_readings === null || site.backlog_readings === undefined ? "–" : text(site.backlog_readings) + " readings";
-    for (const value of [site.site, text(site.devices), timeText(site.last_sync), backlog, site.offline_since ? timeText(site.offline_since) : "online"]) {
+    for (const value of [site.site, text(site.devices), shortTime(site.last_sync), backlog, site.offline_since ? shortTime(site.offline_since) : "online"]) {
       const td = document.createElement("td");
       td.textContent = value;
       tr.appendChild(td);
@@ -175,14 +181,17 @@ function drawAlerts(u) {
   const ctx = u.ctx;
   ctx.save();
   ctx.fillStyle = "#d62728";
+  ctx.strokeStyle = "#ffffff";
+  ctx.lineWidth = devicePixelRatio;
   for (const alert of state.series.alerts) {
     if (alert.value === null) continue;
     const x = u.valToPos(alert.ts, "x", true);
     const y = u.valToPos(alert.value, "y", true);
     if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
     ctx.beginPath();
-    ctx.arc(x, Math.min(Math.max(y, u.bbox.top), u.bbox.top + u.bbox.height), 5 * devicePixelRatio, 0, 2 * Math.PI);
+    ctx.arc(x, Math.min(Math.max(y, u.bbox.top), u.bbox.top + u.bbox.height), 3.5 * devicePixelRatio, 0, 2 * Math.PI);
     ctx.fill();
+    ctx.stroke();
   }
   ctx.restore();
 }
