@@ -166,3 +166,26 @@ def test_control_plane_metrics_cover_pipelines(control_api):
                for family in text_string_to_metric_families(response.text) for s in family.samples}
     assert samples[("sparkiot_readings_stored_total", "p")] == 6
     assert ("sparkiot_cost_usd_total", "p") in samples
+
+
+def test_broadcast_filters_windows_and_encodes_nan():
+    from sparkiot.dashboard.app import Broadcast, Subscriber
+    from sparkiot.dashboard.view import Update
+
+    points = [
+        {"device_id": "d1", "metric": "temp", "window": "1h", "start": 1.0, "mean": float("nan")},
+        {"device_id": "d1", "metric": "temp", "window": "6h", "start": 1.0, "mean": 2.0},
+        {"device_id": "d2", "metric": "temp", "window": "1h", "start": 1.0, "mean": 3.0},
+    ]
+    update = Update(3, [{"device_id": "d1", "value": float("inf")}], points, [], {"input_rate": float("nan")}, None)
+    broadcast = Broadcast(update)
+    first = broadcast.events(Subscriber("p", "d1", "temp", "1h"))
+    second = broadcast.events(Subscriber("p", None, None, None))
+
+    assert [event.event for event in first] == ["fleet", "window", "health"]
+    assert json.loads(first[1].raw_data) == [{"device_id": "d1", "metric": "temp", "window": "1h", "start": 1.0, "mean": None}]
+    assert json.loads(first[0].raw_data) == [{"device_id": "d1", "value": None}]
+    assert json.loads(first[2].raw_data) == {"input_rate": None}
+    assert [event.event for event in second] == ["fleet", "health"]
+    # The shared events are encoded once and handed to every subscriber.
+    assert second[0] is first[0]

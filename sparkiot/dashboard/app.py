@@ -3,7 +3,8 @@
 A :class:`Hub` polls each :class:`~sparkiot.dashboard.view.DataDirView` every ``interval``
 seconds in a worker thread and pushes what is new to every subscribed page as server-sent
 events (``fleet``, ``window``, ``alert``, ``health``, ``sites``). A page subscribes for one
-series at a time and receives only that series' windows. Each subscriber has a bounded queue:
+series at a time and receives only that series' windows. Each update is encoded to JSON once,
+not once per page (:class:`Broadcast`). Each subscriber has a bounded queue:
 a page that falls ``queue_size`` updates behind gets a ``resync`` event and reloads from the
 JSON API instead of the server buffering without bound. At most ``max_clients`` event streams
 are open at once; the next one gets 503 with a message saying so.
@@ -15,7 +16,9 @@ at the root (``sparkiot dashboard``) and under ``/dashboard/NAME/`` (the control
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -93,11 +96,13 @@ class Hub:
     def _publish(self, name: str, update: Update) -> None:
         if update.empty:
             return
+        broadcast = None
         for subscriber in list(self.subscribers):
             if subscriber.view != name:
                 continue
+            broadcast = broadcast or Broadcast(update)
             try:
-                subscriber.queue.put_nowait(update)
+                subscriber.queue.put_nowait(broadcast)
             except asyncio.QueueFull:
                 subscriber.behind = True
 
@@ -117,26 +122,46 @@ class Hub:
         self.subscribers.discard(subscriber)
 
 
-def _events(update: Update, subscriber: Subscriber) -> list[ServerSentEvent]:
-    """Turn one update into the events one subscriber receives."""
-    events = []
-    if update.fleet:
-        events.append(ServerSentEvent(event="fleet", data=update.fleet))
-    if subscriber.device_id is not None:
-        points = [
-            point for point in update.windows
-            if point["device_id"] == subscriber.device_id and point["metric"] == subscriber.metric
-            and (subscriber.window is None or point["window"] == subscriber.window)
-        ]
-        if points:
-            events.append(ServerSentEvent(event="window", data=points))
-    if update.alerts:
-        events.append(ServerSentEvent(event="alert", data=update.alerts))
-    if update.health is not None:
-        events.append(ServerSentEvent(event="health", data=update.health))
-    if update.sites is not None:
-        events.append(ServerSentEvent(event="sites", data=update.sites))
-    return events
+def _finite(value):
+    """Return ``value`` with NaN and infinities replaced by None, which JSON can carry."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _encode(value) -> str:
+    return json.dumps(_finite(value), default=str)
+
+
+class Broadcast:
+    """One update, encoded once for every subscriber: the shared events and the windows per series."""
+
+    def __init__(self, update: Update) -> None:
+        self.version = update.version
+        self.shared: list[ServerSentEvent] = []
+        for name, data in (("fleet", update.fleet), ("alert", update.alerts), ("health", update.health), ("sites", update.sites)):
+            if data:
+                self.shared.append(ServerSentEvent(event=name, raw_data=_encode(data)))
+        self.windows: dict[tuple[str, str], list[dict]] = {}
+        for point in update.windows:
+            self.windows.setdefault((point["device_id"], point["metric"]), []).append(point)
+
+    def events(self, subscriber: Subscriber) -> list[ServerSentEvent]:
+        """Return the events ``subscriber`` receives: the shared ones and its series' new windows."""
+        events = list(self.shared)
+        if subscriber.device_id is not None:
+            points = [
+                point for point in self.windows.get((subscriber.device_id, subscriber.metric), ())
+                if subscriber.window is None or point["window"] == subscriber.window
+            ]
+            if points:
+                events.insert(1 if self.shared and self.shared[0].event == "fleet" else 0,
+                              ServerSentEvent(event="window", raw_data=_encode(points)))
+        return events
 
 
 def dashboard_router(view_for: Callable[[Request], tuple[str, DataDirView]], hub: Hub) -> APIRouter:
@@ -209,7 +234,7 @@ def dashboard_router(view_for: Callable[[Request], tuple[str, DataDirView]], hub
                     subscriber.behind = False
                     yield ServerSentEvent(event="resync", data={"version": update.version})
                     continue
-                for event in _events(update, subscriber):
+                for event in update.events(subscriber):
                     yield event
         finally:
             hub.unsubscribe(subscriber)
