@@ -477,10 +477,15 @@ class DataDirView:
                 "driver", "driver", float(self.job["driver_cores"]), held_memory_mib(int(self.job["driver_memory_bytes"])),
                 float(self.job["started"]), time.time(),
             )
-            return {self.platform: str(price([holding], self.prices, self.platform).total)}
+            return {self.platform: cost_text(price([holding], self.prices, self.platform))}
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("dashboard of %s: cannot price job.json (%s)", self.name, exc)
             return {}
+
+
+def cost_text(bill) -> str:
+    """Return a bill's exact amount to a hundredth of a cent: a live pipeline's cost grows by fractions of a cent."""
+    return f"{bill.usd:.4f}"
 
 
 def _site(name: str) -> dict:

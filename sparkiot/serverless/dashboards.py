@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from sparkiot.dashboard.view import DataDirView
+from sparkiot.dashboard.view import DataDirView, cost_text
 from sparkiot.serverless.control import ControlPlane, NotFound
 
 RUNTIME_REFRESH_SECONDS = 5.0
@@ -64,7 +64,7 @@ class PipelineDashboards:
             now = time.monotonic()
             if now - cached["at"] >= RUNTIME_REFRESH_SECONDS:
                 status = self.control.runtime_status(name) or {}
-                cost = {key: str(bill.total) for key, bill in self.control.bills(name).items()}
+                cost = {key: cost_text(bill) for key, bill in self.control.bills(name).items()}
                 cached["value"] = {"executors": len(status.get("executors") or []), "cost_usd": cost}
                 cached["at"] = now
             return cached["value"]
