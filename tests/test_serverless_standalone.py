@@ -144,6 +144,15 @@ def test_standalone_submit_and_scale(server, unique, mosquitto):
     wait_for(lambda: status(server, name)["executors"] == 3, 120, "three executors")
     [app] = server.master_apps()
     assert app["cores"] == 3
+
+    # The pipeline's dashboard, served by the control plane, counts the table and the executors.
+    def dashboard_health() -> dict:
+        return server.client.request("GET", f"/dashboard/{name}/api/health")
+
+    wait_for(lambda: dashboard_health()["readings_stored"] == len(stored_ids(data_dir)) == 300, 30,
+             "the dashboard to count the stored readings")
+    wait_for(lambda: dashboard_health()["executors"] == 3, 30, "the dashboard to show three executors")
+    assert float(dashboard_health()["cost_usd"]["emr_serverless"]) >= 0
     server.client.scale(name, executors=1)
     wait_for(lambda: status(server, name)["executors"] == 1, 120, "one executor")
     wait_for(lambda: server.master_apps()[0]["cores"] == 1, 30, "the master to report one core")
