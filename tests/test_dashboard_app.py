@@ -189,3 +189,27 @@ def test_broadcast_filters_windows_and_encodes_nan():
     assert [event.event for event in second] == ["fleet", "health"]
     # The shared events are encoded once and handed to every subscriber.
     assert second[0] is first[0]
+
+
+def test_stream_that_falls_behind_is_marked():
+    import asyncio
+
+    from sparkiot.dashboard.app import Hub, Subscriber
+    from sparkiot.dashboard.view import Update
+
+    async def scenario() -> tuple[bool, int, int]:
+        hub = Hub(lambda: {}, queue_size=2)
+        slow = Subscriber("p", None, None, None)
+        other = Subscriber("q", None, None, None)
+        hub.subscribe(slow)
+        hub.subscribe(other)
+        for version in range(4):
+            hub._publish("p", Update(version, [{"device_id": "d1"}], [], [], None, None))
+        # An update with nothing new is not queued at all.
+        hub._publish("p", Update(4, [], [], [], None, None))
+        return slow.behind, slow.queue.qsize(), other.queue.qsize()
+
+    behind, queued, other_queued = asyncio.run(scenario())
+    assert behind is True
+    assert queued == 2
+    assert other_queued == 0

@@ -11,7 +11,6 @@ const state = {
   following: true,       // the chart shows the whole series and extends with new data
   events: null,
   chart: null,
-  retries: 0,
   serverOffset: 0,       // the server's clock minus the browser's, in seconds
   loading: false,        // a series is being fetched
 };
@@ -240,7 +239,9 @@ function renderWindowChoices(series) {
   }));
 }
 
-async function selectSeries(selection) {
+// Fetch and draw a series; the event stream is opened again unless ``reopen`` is false (it already
+// follows this series).
+async function selectSeries(selection, reopen = true) {
   state.selection = selection;
   state.following = !selection.around;
   $("#series-title").textContent = `${selection.device} · ${selection.metric}`;
@@ -255,7 +256,7 @@ async function selectSeries(selection) {
     state.series = null;
     $("#chart").replaceChildren();
     $("#series-note").textContent = `No windows yet for this series (${error.message}).`;
-    openEvents();
+    if (reopen) openEvents();
     return;
   } finally {
     state.loading = false;
@@ -265,14 +266,14 @@ async function selectSeries(selection) {
   renderWindowChoices(state.series);
   makeChart(state.series);
   if (selection.around) zoomAround(selection.around);
-  openEvents();
+  if (reopen) openEvents();
 }
 
 function addWindows(points) {
   const series = state.series;
   if (!series) {
     // The series had no windows when it was selected; load it now that it has some.
-    if (state.selection && !state.loading) selectSeries({ ...state.selection, around: null });
+    if (state.selection && !state.loading) selectSeries({ ...state.selection, around: null }, false);
     return;
   }
   for (const point of points) {
@@ -311,6 +312,33 @@ function setConnection(name) {
   element.textContent = name;
 }
 
+function onFleet(rows) {
+  for (const row of rows) state.fleet.set(key(row.device_id, row.metric), row);
+  renderFleet();
+  if (!state.selection && state.fleet.size) route();
+}
+
+function onAlerts(alerts) {
+  const fresh = alerts.reverse();
+  state.alerts = fresh.concat(state.alerts).slice(0, MAX_ALERTS);
+  renderAlerts();
+  if (!state.series) return;
+  for (const alert of fresh) {
+    if (alert.device_id === state.series.device_id && alert.metric === state.series.metric) {
+      state.series.alerts.push({ ts: alert.ts, value: alert.value, score: alert.score, alert_id: alert.alert_id });
+    }
+  }
+  if (state.chart) state.chart.redraw(false);
+}
+
+// Reload what the page shows without opening a new stream: after a reconnect, or when the
+// server dropped updates for this page.
+async function resync() {
+  window.sparkiotStatus.resyncs++;
+  await loadLists();
+  if (state.selection) await selectSeries({ ...state.selection, around: null }, false);
+}
+
 function openEvents() {
   if (state.events) state.events.close();
   const query = new URLSearchParams();
@@ -321,34 +349,26 @@ function openEvents() {
   }
   const events = new EventSource("api/events?" + query);
   state.events = events;
-  events.addEventListener("open", () => { setConnection("live"); state.retries = 0; });
-  events.addEventListener("error", () => { setConnection("reconnecting"); });
+  let lost = false;
+
+  events.addEventListener("open", () => {
+    setConnection("live");
+    // Updates made while the stream was down are not replayed.
+    if (lost) resync();
+    lost = false;
+  });
+  events.addEventListener("error", () => { lost = true; setConnection("reconnecting"); });
+
   events.addEventListener("hello", () => { window.sparkiotStatus.events++; });
   events.addEventListener("health", (event) => { window.sparkiotStatus.events++; renderHealth(JSON.parse(event.data)); });
   events.addEventListener("sites", (event) => { state.sites = JSON.parse(event.data); renderSites(); });
-  events.addEventListener("fleet", (event) => {
-    for (const row of JSON.parse(event.data)) state.fleet.set(key(row.device_id, row.metric), row);
-    renderFleet();
-    if (!state.selection && state.fleet.size) route();
-  });
-  events.addEventListener("alert", (event) => {
-    const fresh = JSON.parse(event.data).reverse();
-    state.alerts = fresh.concat(state.alerts).slice(0, MAX_ALERTS);
-    renderAlerts();
-    if (state.series) {
-      for (const alert of fresh) {
-        if (alert.device_id === state.series.device_id && alert.metric === state.series.metric) {
-          state.series.alerts.push({ ts: alert.ts, value: alert.value, score: alert.score, alert_id: alert.alert_id });
-        }
-      }
-      if (state.chart) state.chart.redraw(false);
-    }
-  });
+  events.addEventListener("fleet", (event) => onFleet(JSON.parse(event.data)));
+  events.addEventListener("alert", (event) => onAlerts(JSON.parse(event.data)));
   events.addEventListener("window", (event) => {
     window.sparkiotStatus.windowEvents++;
     addWindows(JSON.parse(event.data));
   });
-  events.addEventListener("resync", () => { window.sparkiotStatus.resyncs++; loadAll(); });
+  events.addEventListener("resync", () => resync());
 }
 
 // -- start ----------------------------------------------------------------------------------
@@ -377,7 +397,7 @@ function route() {
   }
 }
 
-async function loadAll() {
+async function loadLists() {
   try {
     const [fleet, health, alerts] = await Promise.all([getJson("api/fleet"), getJson("api/health"), getJson("api/alerts?limit=" + MAX_ALERTS)]);
     state.fleet = new Map(fleet.fleet.map((row) => [key(row.device_id, row.metric), row]));
@@ -390,6 +410,10 @@ async function loadAll() {
   } catch (error) {
     setConnection("error: " + error.message);
   }
+}
+
+async function loadAll() {
+  await loadLists();
   route();
 }
 
