@@ -1,7 +1,7 @@
 """The dashboard's server under load: update latency with pushed events, next to polling clients.
 
 The script writes a data directory the way the job does: about once a second, a readings batch
-folder and a windows batch folder, each moved into place with one rename. Each update holds one
+folder and a windows batch folder, each moved into place with one rename. Each update contains one
 new 1-minute window for each of ``--devices`` devices. ``sparkiot dashboard`` runs as a child process
 on a free loopback port with its default 0.5 s read interval. For each client count, side by side:
 
@@ -169,7 +169,7 @@ def run_case(mode: str, clients: int, args) -> dict:
             client = push_client if mode == "push" else polling_client
             connected: list = []
             tasks = [asyncio.create_task(client(url, f"dev-{i % args.devices}", seen, stop, connected)) for i in range(clients)]
-            # Updates start once every client has opened its stream or received its first answer.
+            # Updates start once every client has opened its stream or received its first response.
             deadline = time.monotonic() + 60
             while len(connected) < clients and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)

@@ -306,8 +306,8 @@ class DataDirView:
                     "detected": float(row.detected_s),
                 }
                 new_alerts.append(alert)
-        # One copy step writes a file per date with the same first offset, so files do not give
-        # the order; the feed is newest first by detection time, then by event time.
+        # One copy step writes a file per date with the same first offset, so file order is not
+        # alert order. The feed is newest first by detection time, then by event time.
         new_alerts.sort(key=lambda alert: (alert["detected"], alert["ts"], alert["alert_id"]))
         for alert in new_alerts:
             self.alert_feed.appendleft(alert)
@@ -318,7 +318,7 @@ class DataDirView:
         for partition in self._dead.poll():
             self.counts["dead_letters"] += partition.rows.num_rows - partition.replaced
             if partition.replaced:
-                # A rewritten batch holds the same rows; its reasons were counted already.
+                # A rewritten batch contains the same rows, so its reasons were counted already.
                 continue
             for reason, count in pd.Series(partition.rows.column("reason").to_pylist()).value_counts().items():
                 self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + int(count)
