@@ -345,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serverless_commands(commands)
     add_dashboard_commands(commands)
+
+    from sparkiot.cli_optimize import add_optimize_commands
+
+    add_optimize_commands(commands)
     return parser
 
 

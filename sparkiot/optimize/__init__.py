@@ -1,0 +1,1 @@
+"""The autoscaling optimizer: a calibrated simulator, load traces, baselines, learned policies and the offline optimum."""

@@ -1,0 +1,115 @@
+"""The measured constants of the optimizer's simulator, and what a worker costs per second.
+
+A :class:`Calibration` describes one streaming pipeline on one cluster: how long a micro-batch
+takes (a fixed overhead plus its rows over the throughput of the executors held), how long a
+requested executor takes to run its first task, the trigger, and the sizes of the driver and the
+executors that the platforms bill. ``calibration.json`` beside this module holds the figures
+measured on the project's benchmark machine by ``benchmarks/optimizer_calibration.py``; a user
+measures their own cluster with that script and passes the file to ``sparkiot optimize``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sparkiot.config import ConfigError
+
+DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The simulator's constants; rates are readings per second and times are seconds.
+
+    ``throughput[n - 1]`` is the readings per second that a micro-batch processes, beyond its
+    fixed ``batch_overhead``, while ``n`` executors run it. The list covers 1 to
+    ``max_executors``; a measured cluster where one more executor adds nothing repeats the
+    previous figure.
+    """
+
+    batch_overhead: float
+    throughput: tuple[float, ...]
+    executor_start: float
+    trigger: float
+    executor_cores: int = 1
+    executor_memory_mib: int = 896
+    driver_cores: int = 1
+    driver_memory_mib: int = 1408
+    measured: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        numbers = {"batch_overhead": self.batch_overhead, "executor_start": self.executor_start, "trigger": self.trigger}
+        for name, value in numbers.items():
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"calibration {name} must be a finite number of seconds >= 0, got {value!r}")
+        if self.trigger <= 0:
+            raise ConfigError(f"calibration trigger must be above 0 seconds, got {self.trigger!r}")
+        if not self.throughput:
+            raise ConfigError("calibration throughput must list the readings per second of 1, 2, ... executors")
+        for count, rate in enumerate(self.throughput, start=1):
+            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
+                raise ConfigError(f"calibration throughput of {count} executors must be a positive number, got {rate!r}")
+        for name in ("executor_cores", "executor_memory_mib", "driver_cores", "driver_memory_mib"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"calibration {name} must be a whole number >= 1, got {value!r}")
+
+    @property
+    def max_executors(self) -> int:
+        return len(self.throughput)
+
+    def as_dict(self) -> dict:
+        document = asdict(self)
+        document["throughput"] = list(self.throughput)
+        return document
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """Read a calibration file (JSON); the default is the one measured on the benchmark machine."""
+    path = Path(path) if path is not None else DEFAULT_CALIBRATION
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the calibration file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"calibration file {path} is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"calibration file {path} must hold a JSON object, such as {DEFAULT_CALIBRATION}")
+    known = set(Calibration.__dataclass_fields__)
+    unknown = sorted(set(document) - known)
+    if unknown:
+        raise ConfigError(f"calibration file {path}: unknown fields {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
+    try:
+        throughput = tuple(document.pop("throughput"))
+        return Calibration(throughput=throughput, **document)
+    except KeyError as exc:
+        raise ConfigError(f"calibration file {path} lacks the field {exc.args[0]}") from None
+    except TypeError as exc:
+        raise ConfigError(f"calibration file {path}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WorkerPrices:
+    """US dollars per second that one driver and one executor cost on a platform, before minimums."""
+
+    platform: str
+    driver: float
+    executor: float
+    increment_seconds: int
+    minimum_seconds: int
+
+
+def worker_prices(calibration: Calibration, platform: str = "emr_serverless", prices_path: str | Path | None = None) -> WorkerPrices:
+    """Price an hour of the calibrated driver and executor with the control plane's price table."""
+    from sparkiot.serverless.metering import Holding, load_prices, price
+    from sparkiot.serverless.metering import platform as platform_rules
+
+    table = load_prices(prices_path)
+    rules = platform_rules(table, platform)
+    hour = 3600.0
+    driver = price([Holding("driver", "d", calibration.driver_cores, calibration.driver_memory_mib, 0.0, hour)], table, platform)
+    executor = price([Holding("executor", "e", calibration.executor_cores, calibration.executor_memory_mib, 0.0, hour)], table, platform)
+    return WorkerPrices(platform, float(driver.usd) / hour, float(executor.usd) / hour, rules.increment_seconds, rules.minimum_seconds)
