@@ -2,11 +2,13 @@
 
 Every metric carries a ``pipeline`` label. The counters are the dashboard's table counts, so
 each equals the rows of its table at the last poll. A restarted dashboard counts the tables
-again, so its counters resume from the tables' sizes, not from zero.
+again, so its counters resume from the tables' sizes, not from zero. The exception is
+``sparkiot_readings_received_total``, the ingest's own counter, which restarts from zero with
+the ingest, as a Prometheus counter of a restarted process does.
 
 | metric | type | what |
 |---|---|---|
-| ``sparkiot_readings_received_total`` | counter | readings the ingest landed on time |
+| ``sparkiot_readings_received_total`` | counter | readings the ingest landed on time since it last started |
 | ``sparkiot_readings_stored_total`` | counter | rows of ``tables/readings`` |
 | ``sparkiot_windows_written_total`` | counter | rows of ``tables/windows`` |
 | ``sparkiot_alerts_total`` | counter | rows of ``tables/alerts`` |
@@ -44,7 +46,8 @@ class DashboardCollector(Collector):
     def collect(self):
         counters = {
             "readings_received": CounterMetricFamily(
-                "sparkiot_readings_received", "Readings the ingest landed on time.", labels=["pipeline"]),
+                "sparkiot_readings_received", "Readings the ingest landed on time since it last started.",
+                labels=["pipeline"]),
             "readings": CounterMetricFamily("sparkiot_readings_stored", "Rows of the readings table.", labels=["pipeline"]),
             "windows": CounterMetricFamily("sparkiot_windows_written", "Rows of the windows table.", labels=["pipeline"]),
             "alerts": CounterMetricFamily("sparkiot_alerts", "Rows of the alerts table.", labels=["pipeline"]),
@@ -77,9 +80,7 @@ class DashboardCollector(Collector):
             with view.lock:
                 name = view.name
                 health = view.health()
-                received = view.ingest.get("readings")
-                if isinstance(received, (int, float)):
-                    counters["readings_received"].add_metric([name], received)
+                _add_if_number(counters["readings_received"], [name], view.readings_received)
                 for key in ("readings", "windows", "alerts", "late"):
                     counters[key].add_metric([name], view.counts[key])
                 for reason, count in sorted(view.dead_letters_by_reason.items()):

@@ -12,6 +12,10 @@ file) once, the first time it is seen, with its rows and the time it was written
 replaced later (written again after a restart, with the same rows) is returned again with
 ``replaced`` set to the rows it had, so counts built from the tail stay equal to the table's.
 
+A unit is unreadable when a file of it is damaged, lacks a column the reader needs, has that
+column with another type, or has nulls where the reader needs values. Such a unit is not
+returned, and it is checked again at every poll until it is fixed or removed.
+
 Listing stays cheap on a large table: only folders whose modification time changed since the
 last poll are listed again. A folder changed within the last second is listed once more,
 because a file system may give two changes within one clock tick the same time.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +37,28 @@ log = logging.getLogger(__name__)
 
 # Folders changed this recently are listed again at the next poll.
 _SETTLE_NS = 1_000_000_000
+
+# The kinds of column a reader can require, with the Arrow types that satisfy each.
+_KINDS: dict[str, tuple[str, Callable[[pa.DataType], bool]]] = {
+    "string": ("a string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "number": ("an integer or a floating-point number", lambda t: pa.types.is_integer(t) or pa.types.is_floating(t)),
+    "integer": ("an integer", pa.types.is_integer),
+    "timestamp": ("a timestamp", pa.types.is_timestamp),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column that a reader of a table needs: its name, its kind of type and whether it may contain nulls."""
+
+    name: str
+    kind: str
+    """One of ``string``, ``number`` (integer or floating point), ``integer`` or ``timestamp``."""
+    nullable: bool = False
+
+
+class SchemaMismatch(Exception):
+    """A Parquet file lacks a needed column, has it with another type, or has nulls where values are needed."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +90,12 @@ def _batch_id(name: str) -> int:
 class PartitionTail:
     """Return the new partitions of one table at each :meth:`poll`; not thread-safe."""
 
-    def __init__(self, path: Path, *, columns: list[str] | None = None) -> None:
+    def __init__(self, path: Path, *, columns: list[Column]) -> None:
         self.path = Path(path)
         self.columns = columns
+        for column in columns:
+            if column.kind not in _KINDS:
+                raise ValueError(f"column {column.name}: unknown kind {column.kind!r}, expected one of {', '.join(_KINDS)}")
         # Folder path to its modification time when it was last listed.
         self._listed: dict[str, int] = {}
         # Partition path to (inode, rows) of the version read.
@@ -75,7 +105,7 @@ class PartitionTail:
 
     @property
     def unreadable(self) -> int:
-        """Return how many units failed their last read (a damaged or foreign file)."""
+        """Return how many units failed their last read (a damaged file, or one without the needed columns and types)."""
         return len(self._failed)
 
     def poll(self) -> list[Partition]:
@@ -143,21 +173,56 @@ class PartitionTail:
                 paths = [unit]
             if not paths:
                 return None
-            parts = [pq.read_table(path, columns=self.columns) for path in paths]
-            rows = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            parts = [self._read_file(path) for path in paths]
+            rows = _concat(unit, parts)
         except FileNotFoundError:
             # Deleted, or replaced while being read: the next poll reads the new version.
             self._failed.pop(unit, None)
             return None
-        except (pa.ArrowInvalid, OSError) as exc:
-            self.failures += 1
-            attempts = self._failed[unit] = self._failed.get(unit, 0) + 1
-            # A file that stays unreadable is retried at every poll but logged rarely.
-            if attempts == 1 or attempts % 1000 == 0:
-                log.warning("cannot read %s (%s, attempt %d); it is read again at each poll, and its rows are not "
-                            "counted until it can be", unit, exc, attempts)
+        except SchemaMismatch as exc:
+            self._fail(unit, f"{exc}. Rewrite the file with the table's schema or move it out of {self.path}")
+            return None
+        except (pa.ArrowException, OSError) as exc:
+            self._fail(unit, f"{exc}. Replace the file with a readable one or remove it")
             return None
         self._failed.pop(unit, None)
         self._read[unit] = (stat.st_ino, rows.num_rows)
         replaced = known[1] if known is not None else 0
         return Partition(unit, _batch_id(os.path.basename(unit)), rows, stat.st_mtime, replaced)
+
+    def _read_file(self, path: str) -> pa.Table:
+        """Read the needed columns of one Parquet file, or raise :class:`SchemaMismatch` if they do not fit."""
+        # The footer alone shows a wrong type, so a file that stays wrong is not read in full at every poll.
+        schema = pq.read_schema(path)
+        for column in self.columns:
+            index = schema.get_field_index(column.name)
+            if index < 0:
+                raise SchemaMismatch(f"{path} has no column {column.name}")
+            data_type = schema.field(index).type
+            expected, fits = _KINDS[column.kind]
+            if not fits(data_type):
+                raise SchemaMismatch(f"column {column.name} of {path} is {data_type}, expected {expected}")
+        rows = pq.read_table(path, columns=[column.name for column in self.columns])
+        for column in self.columns:
+            nulls = rows.column(column.name).null_count
+            if nulls and not column.nullable:
+                raise SchemaMismatch(f"column {column.name} of {path} has {nulls} nulls, expected none")
+        return rows
+
+    def _fail(self, unit: str, reason: str) -> None:
+        self.failures += 1
+        attempts = self._failed[unit] = self._failed.get(unit, 0) + 1
+        # A unit that stays unreadable is retried at every poll but logged rarely.
+        if attempts == 1 or attempts % 1000 == 0:
+            log.warning("cannot read %s (attempt %d): %s. It is read again at each poll, and its rows are not "
+                        "counted until it can be", unit, attempts, reason)
+
+
+def _concat(unit: str, parts: list[pa.Table]) -> pa.Table:
+    """Join the files of one unit, widening types as Arrow's permissive promotion does (int32 and float64 to float64)."""
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return pa.concat_tables(parts, promote_options="permissive")
+    except pa.ArrowException as exc:
+        raise SchemaMismatch(f"the files of {unit} have columns of incompatible types ({exc})") from exc

@@ -9,7 +9,10 @@ run`` or inside the control plane, and a restart rebuilds everything from the fi
 Guarantees:
 
 - Each count equals the rows of its table once :meth:`poll` has read the table's newest
-  partitions (a partition is read once, when Spark has committed it).
+  partitions (a partition is read once, when Spark has committed it). A partition with a
+  damaged file or columns of other types is left out and counted in ``unreadable_files``.
+- A value of the wrong type in a JSON file, the progress log or the sync store is left out
+  with a rate-limited warning, so it never makes :meth:`poll` raise.
 - The end-to-end latency of a reading is the time its partition was written minus its
   ``ingest_ts``: from the moment sparkiot received it to the moment it was stored.
 - Series keep the newest ``max_points`` windows each and the alerts feed the newest
@@ -22,6 +25,7 @@ import json
 import logging
 import math
 import sqlite3
+import statistics
 import threading
 import time
 from collections import deque
@@ -35,24 +39,44 @@ import pandas as pd
 import pyarrow as pa
 
 from sparkiot.dashboard.buckets import BATCH_DURATION_BUCKETS, LATENCY_BUCKETS, BucketCounts
+from sparkiot.dashboard.checks import RateLimitedLog, non_negative_number, shown
 from sparkiot.dashboard.progress import ProgressLog
-from sparkiot.dashboard.tables import PartitionTail
+from sparkiot.dashboard.tables import Column, PartitionTail
 
 log = logging.getLogger(__name__)
 
 _US = 1_000_000
+# Units per second of each Arrow timestamp unit.
+_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 # Health figures that move with the clock alone; a change in them alone waits for the refresh.
 _MOVING_HEALTH = {"time", "watermark_lag_seconds", "cost_usd"}
 HEALTH_REFRESH_SECONDS = 2.0
-READING_COLUMNS = ["device_id", "metric", "ts", "value", "unit", "site", "ingest_ts"]
-WINDOW_COLUMNS = ["window_name", "device_id", "metric", "window_start", "window_end", "count", "mean", "min", "max"]
-ALERT_COLUMNS = ["alert_id", "device_id", "metric", "ts", "value", "score", "mean", "stddev", "rule", "site", "detected_ts"]
+# The columns each table's reader needs. A file without them, or with other types, is unreadable.
+READING_COLUMNS = [
+    Column("device_id", "string"), Column("metric", "string"), Column("ts", "timestamp"),
+    Column("value", "number", nullable=True), Column("unit", "string", nullable=True),
+    Column("site", "string", nullable=True), Column("ingest_ts", "timestamp"),
+]
+WINDOW_COLUMNS = [
+    Column("window_name", "string"), Column("device_id", "string"), Column("metric", "string"),
+    Column("window_start", "timestamp"), Column("window_end", "timestamp"), Column("count", "integer"),
+    Column("mean", "number", nullable=True), Column("min", "number", nullable=True), Column("max", "number", nullable=True),
+]
+ALERT_COLUMNS = [
+    Column("alert_id", "string"), Column("device_id", "string"), Column("metric", "string"), Column("ts", "timestamp"),
+    Column("value", "number", nullable=True), Column("score", "number", nullable=True),
+    Column("mean", "number", nullable=True), Column("stddev", "number", nullable=True),
+    Column("rule", "string", nullable=True), Column("site", "string", nullable=True), Column("detected_ts", "timestamp"),
+]
+# The readings query's batch ends from which the batch period is taken.
+_BATCH_ENDS_KEPT = 9
 
 
 def _seconds(table: pa.Table, name: str) -> np.ndarray:
-    """Return a timestamp column of an Arrow table as float Unix seconds."""
-    column = table.column(name).cast(pa.timestamp("us", tz="UTC")).cast(pa.int64())
-    return column.to_numpy(zero_copy_only=False) / _US
+    """Return a timestamp column of an Arrow table as float Unix seconds, whatever its unit and time zone."""
+    column = table.column(name)
+    # Arrow stores every timestamp as a count of its unit since the Unix epoch in UTC.
+    return column.cast(pa.int64()).to_numpy(zero_copy_only=False) / _PER_SECOND[column.type.unit]
 
 
 def _clean(value):
@@ -144,7 +168,7 @@ class DataDirView:
         max_alerts: int = 1_000,
     ) -> None:
         self.data_dir = Path(data_dir)
-        self.name = name or _read_json(self.data_dir / "pipeline.json").get("name") or self.data_dir.name
+        self.name = name or _pipeline_name(self.data_dir)
         self.edge_dirs = [Path(path) for path in edge_dirs]
         self.stale_intervals = stale_intervals
         self.site_offline_seconds = site_offline_seconds
@@ -162,8 +186,8 @@ class DataDirView:
         self._readings = PartitionTail(tables / "readings", columns=READING_COLUMNS)
         self._windows = PartitionTail(tables / "windows", columns=WINDOW_COLUMNS)
         self._alerts = PartitionTail(tables / "alerts", columns=ALERT_COLUMNS)
-        self._late = PartitionTail(tables / "late", columns=["device_id"])
-        self._dead = PartitionTail(tables / "dead_letters", columns=["reason"])
+        self._late = PartitionTail(tables / "late", columns=[Column("device_id", "string")])
+        self._dead = PartitionTail(tables / "dead_letters", columns=[Column("reason", "string")])
         self._progress = ProgressLog(self.data_dir / "progress.jsonl")
 
         self.counts = {"readings": 0, "windows": 0, "alerts": 0, "late": 0, "dead_letters": 0}
@@ -171,14 +195,21 @@ class DataDirView:
         self.latency = BucketCounts(LATENCY_BUCKETS)
         self.batch_durations: dict[str, BucketCounts] = {}
         self.batches: dict[str, int] = {}
+        # Per query, the checked figures of its last progress line (None where a value was invalid).
         self.last_progress: dict[str, dict] = {}
+        self._batch_ends: deque[float] = deque(maxlen=_BATCH_ENDS_KEPT)
+        self.batch_period: float | None = None
+        """Recent seconds between the readings query's micro-batches, or None before the first."""
         # (device, metric) -> the newest reading, when it arrived and the reporting interval.
         self.latest: dict[tuple[str, str], dict] = {}
         self.series: dict[tuple[str, str, str], Series] = {}
         self.alert_feed: deque[dict] = deque(maxlen=max_alerts)
         self.markers: dict[tuple[str, str], deque] = {}
         self.ingest: dict = {}
+        self.readings_received: int | float | None = None
+        """The ingest's ``readings`` counter, which restarts from 0 when the ingest restarts."""
         self.job: dict = {}
+        self._warnings = RateLimitedLog(log)
         self._offline_since: dict[str, float] = {}
         self._health: dict = {}
         self._sites: list[dict] = []
@@ -199,6 +230,7 @@ class DataDirView:
             self._poll_dead_letters()
             self._poll_progress()
             self.ingest = _read_json(self.data_dir / "ingest_stats.json")
+            self.readings_received = self._number(self.ingest.get("readings"), "ingest_stats.json", "readings")
             self.job = _read_json(self.data_dir / "job.json")
             sites = self._read_sites()
             sites_changed = sites != self._sites
@@ -328,11 +360,30 @@ class DataDirView:
             query = line.get("query")
             if not isinstance(query, str):
                 continue
-            self.last_progress[query] = line
+            progress = {name: self._number(line.get(name), "progress.jsonl", name)
+                        for name in ("batch_ms", "input_rate", "process_rate", "executors", "time")}
+            progress["watermark"] = self._text(line.get("watermark"), "progress.jsonl", "watermark")
+            self.last_progress[query] = progress
             self.batches[query] = self.batches.get(query, 0) + 1
-            duration = line.get("batch_ms")
-            if isinstance(duration, (int, float)):
-                self.batch_durations.setdefault(query, BucketCounts(BATCH_DURATION_BUCKETS)).observe([duration / 1000])
+            if progress["batch_ms"] is not None:
+                durations = self.batch_durations.setdefault(query, BucketCounts(BATCH_DURATION_BUCKETS))
+                durations.observe([progress["batch_ms"] / 1000])
+            if query == "readings" and progress["time"] is not None:
+                self._batch_ends.append(progress["time"])
+        self.batch_period = self._recent_batch_period()
+
+    def _recent_batch_period(self) -> float | None:
+        """Return the median time between the readings query's recent batch ends, at least its last batch's duration.
+
+        The median ignores one long pause, such as a restart of the job.
+        """
+        ends = list(self._batch_ends)
+        gaps = [later - earlier for earlier, later in zip(ends, ends[1:]) if later > earlier]
+        candidates = [statistics.median(gaps)] if gaps else []
+        batch_ms = self.last_progress.get("readings", {}).get("batch_ms")
+        if batch_ms is not None:
+            candidates.append(batch_ms / 1000)
+        return max(candidates) if candidates else None
 
     # -- sites ---------------------------------------------------------------------------
 
@@ -344,16 +395,29 @@ class DataDirView:
                 site = sites.setdefault(entry["site"], _site(entry["site"]))
                 site["devices"].add(entry["device_id"])
                 site["last_reading"] = max(site["last_reading"] or 0.0, entry["arrived"])
-        for name, synced_us, seq in _sync_versions(self.data_dir / "state.sqlite"):
+        for name, synced_us, seq, invalid in _sync_versions(self.data_dir / "state.sqlite"):
+            if not isinstance(name, str):
+                self._invalid("state.sqlite", "sync_versions.site", name, "text")
+                continue
+            if invalid:
+                self._warnings.warning(f"state.sqlite updated_us {name}", "dashboard of %s: state.sqlite has %d rows of "
+                                       "site %s whose sync_versions.updated_us is not a number of Unix microseconds; the "
+                                       "dashboard ignores them", self.name, invalid, name)
             site = sites.setdefault(name, _site(name))
-            site["last_sync"] = synced_us / _US
-            site["synced_seq"] = seq
+            synced_us = self._number(synced_us, "state.sqlite", f"sync_versions.updated_us of site {name}")
+            site["last_sync"] = synced_us / _US if synced_us is not None else None
+            site["synced_seq"] = self._number(seq, "state.sqlite", f"the sum of sync_versions.seq of site {name}")
         for path in self.edge_dirs:
             stats = _read_json(path / "edge_stats.json")
             if isinstance(stats.get("site"), str):
+                source = str(path / "edge_stats.json")
                 site = sites.setdefault(stats["site"], _site(stats["site"]))
-                site["backlog_readings"] = stats.get("buffer_readings")
-                site["uplink_connected"] = stats.get("uplink_connected")
+                site["backlog_readings"] = self._number(stats.get("buffer_readings"), source, "buffer_readings")
+                connected = stats.get("uplink_connected")
+                if connected is not None and not isinstance(connected, bool):
+                    self._invalid(source, "uplink_connected", connected, "true or false")
+                    connected = None
+                site["uplink_connected"] = connected
         result = []
         for name in sorted(sites):
             site = sites[name]
@@ -372,12 +436,15 @@ class DataDirView:
 
     def _fleet_row(self, entry: dict, now: float) -> dict:
         interval = entry["interval"] or self.default_interval_seconds
+        # A reading arrives only with its micro-batch, so a series faster than the batches would
+        # look stale between two batches unless the limit also covers a few batch periods.
+        stale_after = self.stale_intervals * max(interval, self.batch_period or 0.0)
         silent = now - entry["arrived"]
         return {
             **entry,
             "silent_seconds": round(silent, 3),
-            "stale_after": self.stale_intervals * interval,
-            "stale": silent > self.stale_intervals * interval,
+            "stale_after": stale_after,
+            "stale": silent > stale_after,
         }
 
     def fleet(self) -> list[dict]:
@@ -433,14 +500,14 @@ class DataDirView:
         return {
             "pipeline": self.name,
             "time": now,
-            "master": self.job.get("master"),
+            "master": self._text(self.job.get("master"), "job.json", "master"),
             "input_rate": readings.get("input_rate"),
             "process_rate": readings.get("process_rate"),
-            "batch_seconds": readings["batch_ms"] / 1000 if isinstance(readings.get("batch_ms"), (int, float)) else None,
+            "batch_seconds": readings["batch_ms"] / 1000 if readings.get("batch_ms") is not None else None,
             "watermark": readings.get("watermark"),
             "watermark_lag_seconds": _lag(readings.get("watermark"), now),
             "batches": dict(self.batches),
-            "readings_received": self.ingest.get("readings"),
+            "readings_received_since_ingest_start": self.readings_received,
             "readings_stored": self.counts["readings"],
             "windows": self.counts["windows"],
             "alerts": self.counts["alerts"],
@@ -462,25 +529,61 @@ class DataDirView:
             try:
                 return self.runtime()
             except Exception as exc:  # noqa: BLE001 - the page still shows everything else
-                log.warning("dashboard of %s: cannot read the runtime's status: %s", self.name, exc)
+                self._warnings.warning("runtime", "dashboard of %s: cannot read the runtime's status: %s", self.name, exc)
                 return {}
         return {"cost_usd": self._local_cost()}
 
     def _local_cost(self) -> dict:
-        """Price the driver described by ``job.json`` from its start until now (or its stop)."""
-        if self.prices is None or not self.job.get("started"):
+        """Price the driver described by ``job.json`` from its start until its stop, or until now while it runs.
+
+        NOTE: a driver killed without :meth:`StreamingJob.stop` leaves no stop time, so its cost
+        grows until the next start of the job rewrites ``job.json``.
+        """
+        if self.prices is None or self.job.get("started") is None:
             return {}
+        started = self._number(self.job.get("started"), "job.json", "started")
+        cores = self._number(self.job.get("driver_cores"), "job.json", "driver_cores")
+        memory_bytes = self._number(self.job.get("driver_memory_bytes"), "job.json", "driver_memory_bytes")
+        if started is None or cores is None or memory_bytes is None:
+            if "driver_cores" not in self.job or "driver_memory_bytes" not in self.job:
+                self._warnings.warning("job.json driver", "dashboard of %s: job.json has no driver_cores or "
+                                       "driver_memory_bytes, so the driver's cost is not shown", self.name)
+            return {}
+        end = time.time()
+        stopped = self._number(self.job.get("stopped"), "job.json", "stopped")
+        if stopped is not None and stopped >= started:
+            end = stopped
+        elif stopped is not None:
+            self._warnings.warning("job.json stopped", "dashboard of %s: job.json has stopped %s before started %s; "
+                                   "the cost is priced until now", self.name, stopped, started)
         from sparkiot.serverless.metering import Holding, held_memory_mib, price
 
+        holding = Holding("driver", "driver", float(cores), held_memory_mib(int(memory_bytes)), float(started), end)
         try:
-            holding = Holding(
-                "driver", "driver", float(self.job["driver_cores"]), held_memory_mib(int(self.job["driver_memory_bytes"])),
-                float(self.job["started"]), time.time(),
-            )
             return {self.platform: cost_text(price([holding], self.prices, self.platform))}
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("dashboard of %s: cannot price job.json (%s)", self.name, exc)
+        except ValueError as exc:
+            self._warnings.warning("price", "dashboard of %s: cannot price the driver at platform %s: %s",
+                                   self.name, self.platform, exc)
             return {}
+
+    def _number(self, value: object, source: str, name: str) -> int | float | None:
+        """Return ``value`` if it is a finite number of at least 0, else None. Any other value but a missing one is logged."""
+        number = non_negative_number(value)
+        if number is None and value is not None:
+            self._invalid(source, name, value, "a finite number of at least 0 (not a bool or a string)")
+        return number
+
+    def _text(self, value: object, source: str, name: str) -> str | None:
+        """Return ``value`` if it is a string, else None. Any other value but a missing one is logged."""
+        if isinstance(value, str) or value is None:
+            return value
+        self._invalid(source, name, value, "a string")
+        return None
+
+    def _invalid(self, source: str, name: str, value: object, expected: str) -> None:
+        self._warnings.warning(f"{source} {name}", "dashboard of %s: %s has %s = %s, expected %s; the dashboard ignores "
+                               "it, so correct the file or the program that writes it", self.name, source, name,
+                               shown(value), expected)
 
 
 def cost_text(bill) -> str:
@@ -504,19 +607,44 @@ def _site(name: str) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         value = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
-def _sync_versions(path: Path) -> list[tuple[str, int, int]]:
-    """Return ``(site, last sync in Unix microseconds, delta groups merged)`` from a SQLite sync store."""
+def _pipeline_name(data_dir: Path) -> str:
+    """Return the ``name`` of ``pipeline.json`` when it is a non-empty string, else the directory's name."""
+    name = _read_json(data_dir / "pipeline.json").get("name")
+    if isinstance(name, str) and name:
+        return name
+    if name is not None:
+        log.warning("%s has name %s, expected a non-empty string; the dashboard calls the pipeline %s",
+                    data_dir / "pipeline.json", shown(name), data_dir.name)
+    return data_dir.name
+
+
+# SQLite keeps a value of another type in an INTEGER column, such as text that is no number, so
+# only integer and real values of updated_us count, and the others are counted apart.
+_SYNC_VERSIONS_QUERY = """
+SELECT site,
+       max(CASE WHEN typeof(updated_us) IN ('integer', 'real') THEN updated_us END),
+       sum(seq),
+       sum(typeof(updated_us) NOT IN ('integer', 'real'))
+FROM sync_versions GROUP BY site ORDER BY site
+"""
+
+
+def _sync_versions(path: Path) -> list[tuple]:
+    """Return ``(site, last sync in Unix microseconds, delta groups merged, rows without a numeric time)`` per site.
+
+    The values come from a SQLite sync store unchecked, so the caller checks their types.
+    """
     if not path.exists():
         return []
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
         try:
-            return list(db.execute("SELECT site, max(updated_us), sum(seq) FROM sync_versions GROUP BY site ORDER BY site"))
+            return list(db.execute(_SYNC_VERSIONS_QUERY))
         finally:
             db.close()
     except sqlite3.Error:
@@ -529,7 +657,7 @@ def _lag(watermark: str | None, now: float) -> float | None:
         return None
     try:
         moment = datetime.fromisoformat(watermark.replace("Z", "+00:00")).timestamp()
-    except ValueError:
+    except (ValueError, OverflowError, OSError):
         return None
     return round(now - moment, 3)
 

@@ -65,8 +65,16 @@ class PipelineDashboards:
             if now - cached["at"] >= RUNTIME_REFRESH_SECONDS:
                 status = self.control.runtime_status(name) or {}
                 cost = {key: cost_text(bill) for key, bill in self.control.bills(name).items()}
-                cached["value"] = {"executors": len(status.get("executors") or []), "cost_usd": cost}
+                cached["value"] = {"executors": _executor_count(status), "cost_usd": cost}
                 cached["at"] = now
             return cached["value"]
 
         return read
+
+
+def _executor_count(status: object) -> int | None:
+    """Return the length of the runtime status's ``executors`` list: 0 without one, None when it has another type."""
+    executors = status.get("executors") if isinstance(status, dict) else None
+    if executors is None:
+        return 0
+    return len(executors) if isinstance(executors, list) else None

@@ -58,6 +58,13 @@ def table_path(config: PipelineConfig, table: str) -> Path:
     return config.data_path / "tables" / table
 
 
+def write_job_info(path: Path, info: dict) -> None:
+    """Replace ``path`` with ``info`` as JSON atomically: a temporary file is written, then renamed over it."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(info))
+    os.replace(temporary, path)
+
+
 def write_batch(df: DataFrame, path: Path, batch_id: int, date_column: str) -> None:
     """Write one micro-batch idempotently: its (date, batch_id) partitions are replaced, nothing else."""
     (
@@ -216,24 +223,43 @@ class StreamingJob:
         self._definitions: dict[str, tuple] = {}
         self._side: SideTableCopier | None = None
         self.restarts: dict[str, int] = {}
+        # What this job wrote to job.json, or None when it wrote nothing (not started, or remote).
+        self._job_info: dict | None = None
         if not remote:
             spark.streams.addListener(self.progress)
         spark.dataSource.register(LandingSource)
 
     def _write_job_info(self) -> None:
-        """Write ``DATA_DIR/job.json``: when the driver started, its master, cores and memory (for the dashboard's cost)."""
+        """Write ``DATA_DIR/job.json``: when the driver started, its master, cores and memory (for the dashboard's cost).
+
+        :meth:`stop` adds a ``stopped`` time to the same file.
+        """
+        info = {"name": self.config.name, "started": time.time(), **self._driver_info(), "pid": os.getpid()}
+        write_job_info(self.config.data_path / JOB_INFO, info)
+        self._job_info = info
+
+    def _driver_info(self) -> dict:
+        """Return the driver's ``master``, ``driver_cores`` and ``driver_memory_bytes`` from the Spark context."""
         context = self.spark.sparkContext
         memory = context._jvm.org.apache.spark.network.util.JavaUtils.byteStringAsBytes(
             context.getConf().get("spark.driver.memory", "1g")
         )
         master = context.master
         cores = context.defaultParallelism if master.startswith("local") else int(context.getConf().get("spark.driver.cores", "1"))
-        info = {"name": self.config.name, "started": time.time(), "master": master, "driver_cores": cores,
-                "driver_memory_bytes": int(memory), "pid": os.getpid()}
+        return {"master": master, "driver_cores": cores, "driver_memory_bytes": int(memory)}
+
+    def _write_stop_time(self) -> None:
+        """Add ``stopped`` (Unix seconds) to ``job.json``, so the dashboard prices the driver only until now."""
+        # A second stop() keeps the first stop time.
+        if self._job_info is None or "stopped" in self._job_info:
+            return
+        self._job_info = {**self._job_info, "stopped": time.time()}
         path = self.config.data_path / JOB_INFO
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(info))
-        os.replace(temporary, path)
+        try:
+            write_job_info(path, self._job_info)
+        except OSError as exc:
+            log.warning("cannot write the stop time to %s: %s; the dashboard's cost of the driver keeps growing "
+                        "until the job starts again", path, exc)
 
     def _executor_count(self) -> int:
         """Return the executors registered with the driver, the driver itself not counted."""
@@ -416,7 +442,7 @@ class StreamingJob:
             self._start(df, name, handler, seconds, output_mode)
 
     def stop(self) -> None:
-        """Stop every query and the side table copier, and detach the progress listener."""
+        """Stop every query and the side table copier, detach the progress listener and record the stop in ``job.json``."""
         if self._side is not None:
             self._side.stop()
         try:
@@ -429,6 +455,7 @@ class StreamingJob:
             except Exception:  # noqa: BLE001 - stopping the rest matters more
                 log.warning("query %s did not stop cleanly", query.name, exc_info=True)
         self.queries.clear()
+        self._write_stop_time()
 
 
 def write_readings(config: PipelineConfig, df: DataFrame, batch_id: int) -> int:
