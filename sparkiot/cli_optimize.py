@@ -42,6 +42,11 @@ def _seeds(text: str) -> list[int]:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="folder holding nab/ and uci-occupancy/ (or set SPARKIOT_TRACE_DATA)")
     parser.add_argument("--calibration", help="calibration JSON (default: the one measured for sparkiot's benchmark machine)")
+    parser.add_argument("--executors", choices=["linear", "measured"], default="linear",
+                        help="linear: each executor adds the measured first executor's throughput, as on a cluster of "
+                             "separate machines (default); measured: the calibration's own table")
+    parser.add_argument("--max-executors", type=_number(1, integer=True), default=4,
+                        help="largest executor count with --executors linear (default 4)")
     parser.add_argument("--platform", default="emr_serverless", help="price table platform (default emr_serverless)")
     parser.add_argument("--prices", help="price table YAML replacing built-in platforms")
     parser.add_argument("--latency-target", type=_number(0, above=True), default=10.0, help="seconds (default 10)")
@@ -54,11 +59,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup(args):
-    from sparkiot.optimize.calibration import load_calibration, worker_prices
+    from sparkiot.optimize.calibration import load_calibration, scaled_out, worker_prices
     from sparkiot.optimize.env import Objective
     from sparkiot.optimize.traces import load_traces
 
     calibration = load_calibration(args.calibration)
+    if args.executors == "linear":
+        calibration = scaled_out(calibration, args.max_executors)
     prices = worker_prices(calibration, args.platform, args.prices)
     objective = Objective(latency_target=args.latency_target, penalty=args.penalty, step_seconds=args.step)
     peak = args.peak_rate or DEFAULT_PEAK_SHARE * calibration.throughput[-1]
@@ -75,7 +82,8 @@ def cmd_train(args) -> int:
     for algorithm in algorithms:
         for seed in args.seeds:
             started = time.time()
-            path = train(algorithm, seed, training, calibration, prices, objective, timesteps=args.timesteps, out_dir=Path(args.out))
+            path = train(algorithm, seed, training, calibration, prices, objective, timesteps=args.timesteps,
+                         out_dir=Path(args.out), reward_penalty=args.reward_penalty)
             print(f"  {path} ({time.time() - started:.0f} s)", flush=True)
     return 0
 
@@ -118,6 +126,8 @@ def add_optimize_commands(commands) -> None:
     train.add_argument("--algorithm", choices=["dqn", "ppo", "both"], default="both")
     train.add_argument("--seeds", type=_seeds, default=[0, 1, 2, 3, 4], help="seeds such as 0-4 or 0,3 (default 0-4)")
     train.add_argument("--timesteps", type=_number(1, integer=True), default=60_000, help="steps per policy (default 60000)")
+    train.add_argument("--reward-penalty", type=_number(0),
+                       help="training reward's penalty for a step over the target (default: --penalty)")
     train.add_argument("--out", default="policies", help="folder for the model files (default ./policies)")
     train.set_defaults(handler=cmd_train)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from sparkiot.config import ConfigError
@@ -65,6 +65,22 @@ class Calibration:
         document = asdict(self)
         document["throughput"] = list(self.throughput)
         return document
+
+
+def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
+    """Return ``calibration`` with each executor adding the first executor's throughput, up to ``max_executors``.
+
+    On a cluster of separate machines each executor brings its own cores, so throughput grows
+    with the executor count until something shared (the driver, the source, the sink) limits
+    it. A calibration measured on a small machine, where every executor shares the same cores,
+    cannot show that growth; this gives the model of the larger cluster from the same measured
+    per-executor rate, overhead and start delay.
+    """
+    if max_executors < 1:
+        raise ConfigError(f"max_executors must be 1 or more, got {max_executors}")
+    first = calibration.throughput[0]
+    return replace(calibration, throughput=tuple(first * count for count in range(1, max_executors + 1)),
+                   measured={**calibration.measured, "scaled_out": f"throughput of n executors = n x {first:g}"})
 
 
 def load_calibration(path: str | Path | None = None) -> Calibration:

@@ -9,7 +9,8 @@ them into the vector the learned policies read, in the simulator and on a live p
 :class:`ScalingEnv` wraps a simulation for reinforcement learning. Its actions are either
 ``delta`` (remove one executor, hold, add one) or ``target`` (the executor count, 1 to the
 maximum). Its reward per step is minus the step's cost, in units of what the largest
-allocation costs per step, minus ``penalty`` when the step's worst latency exceeds the target.
+allocation costs per step, minus a penalty when the step's worst latency exceeds the target: the
+objective's ``penalty`` unless training sets ``reward_penalty`` apart from it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sparkiot.optimize.model import advance, backlog_levels, latency_edges
 from sparkiot.optimize.traces import Trace
 from sparkiot.serverless.scaling import Decision, Metrics
 
-OBSERVATION_SIZE = 8
+OBSERVATION_SIZE = 9
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,17 @@ def estimated_latency(metrics: Metrics) -> float:
     return min(metrics.trigger + metrics.batch_duration + queued, 3600.0)
 
 
-def observe(metrics: Metrics, *, rate_scale: float, max_executors: int, latency_target: float, clock: Clock) -> np.ndarray:
-    """Return the learned policies' observation of one pipeline, each feature roughly within [-1, 10]."""
+def observe(metrics: Metrics, previous: Metrics | None, *, rate_scale: float, max_executors: int, latency_target: float,
+            clock: Clock) -> np.ndarray:
+    """Return the learned policies' observation of one pipeline, each feature within [-1, 10].
+
+    ``previous`` is the metrics of the decision before, which give the input rate's trend.
+    """
     day = clock.day_fraction(metrics.time)
+    trend = (metrics.input_rate - previous.input_rate) / rate_scale if previous is not None else 0.0
     features = [
         metrics.input_rate / rate_scale,
+        trend,
         metrics.process_rate / rate_scale,
         metrics.backlog / (rate_scale * 60.0),
         metrics.executors / max_executors,
@@ -139,6 +146,7 @@ class Simulation:
         self.executors = initial_executors
         self.backlog = 0.0
         self.record = Record(trace.name, histogram=np.zeros(len(self.edges) - 1) if self.edges is not None else None)
+        self.previous: Metrics | None = None
         self.metrics = Metrics(
             time=0.0, input_rate=float(trace.rates[0]), process_rate=float(trace.rates[0]),
             batch_duration=calibration.batch_overhead, trigger=calibration.trigger, backlog=0,
@@ -183,6 +191,7 @@ class Simulation:
             self.record.histogram += result.latency_histogram
         self.executors = executors
         self.index += 1
+        self.previous = self.metrics
         self.metrics = Metrics(
             time=self.index * self.objective.step_seconds,
             input_rate=rate,
@@ -238,6 +247,7 @@ class ScalingEnv(gym.Env):
         mode: str = "delta",
         rate_scale: float | None = None,
         initial_executors: int = 1,
+        reward_penalty: float | None = None,
     ) -> None:
         if mode not in ("delta", "target"):
             raise ValueError(f"mode must be 'delta' or 'target', got {mode!r}")
@@ -250,6 +260,7 @@ class ScalingEnv(gym.Env):
         self.mode = mode
         self.rate_scale = rate_scale or float(calibration.throughput[-1])
         self.initial_executors = initial_executors
+        self.reward_penalty = objective.penalty if reward_penalty is None else reward_penalty
         self.max_executors = calibration.max_executors
         self.levels = default_levels(calibration, objective)
         self.action_space = gym.spaces.Discrete(3 if mode == "delta" else self.max_executors)
@@ -259,7 +270,7 @@ class ScalingEnv(gym.Env):
 
     def _observe(self) -> np.ndarray:
         simulation = self.simulation
-        return observe(simulation.metrics, rate_scale=self.rate_scale, max_executors=self.max_executors,
+        return observe(simulation.metrics, simulation.previous, rate_scale=self.rate_scale, max_executors=self.max_executors,
                        latency_target=self.objective.latency_target, clock=simulation.clock())
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -281,6 +292,6 @@ class ScalingEnv(gym.Env):
         executors = self.executors_for(int(action), simulation.executors)
         cost, worst = simulation.step(executors)
         over = worst > self.objective.latency_target
-        reward = -cost / self.reference_cost - (self.objective.penalty if over else 0.0)
+        reward = -cost / self.reference_cost - (self.reward_penalty if over else 0.0)
         info = {"cost": cost, "worst_latency": worst, "executors": executors, "over_target": over}
         return self._observe(), float(reward), simulation.done, False, info

@@ -179,13 +179,17 @@ class LearnedPolicy:
             )
         self.clock = clock or Clock(day_start=float(options.get("day_start", 0.0)), speed=float(self.meta["clock_speed"]),
                                     origin=float(options.get("origin", 0.0)))
+        self._previous: Metrics | None = None
 
     def reset(self, simulation=None) -> None:
+        self._previous = None
         if simulation is not None:
             self.clock = simulation.clock()
 
     def observation(self, metrics: Metrics):
-        return observe(metrics, rate_scale=float(self.meta["rate_scale"]), max_executors=self.max_executors,
+        """Return the observation of ``metrics``; the metrics of the call before give the rate's trend."""
+        previous, self._previous = self._previous, metrics
+        return observe(metrics, previous, rate_scale=float(self.meta["rate_scale"]), max_executors=self.max_executors,
                        latency_target=float(self.meta["latency_target"]), clock=self.clock)
 
     def decide(self, metrics: Metrics) -> Decision | None:

@@ -35,7 +35,7 @@ def training_set(days: list[Trace]) -> list[Trace]:
 
 
 def train(algorithm: str, seed: int, days: list[Trace], calibration: Calibration, prices: WorkerPrices,
-          objective: Objective, *, timesteps: int, out_dir: Path) -> Path:
+          objective: Objective, *, timesteps: int, out_dir: Path, reward_penalty: float | None = None) -> Path:
     """Train one policy and write its model and description to ``out_dir``; return the model path."""
     import torch
     from stable_baselines3 import DQN, PPO
@@ -43,7 +43,7 @@ def train(algorithm: str, seed: int, days: list[Trace], calibration: Calibration
     if algorithm not in MODES:
         raise ValueError(f"algorithm must be dqn or ppo, got {algorithm!r}")
     torch.set_num_threads(1)
-    env = ScalingEnv(training_set(days), calibration, prices, objective, mode=MODES[algorithm])
+    env = ScalingEnv(training_set(days), calibration, prices, objective, mode=MODES[algorithm], reward_penalty=reward_penalty)
     settings = DQN_SETTINGS if algorithm == "dqn" else PPO_SETTINGS
     cls = DQN if algorithm == "dqn" else PPO
     model = cls("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **settings)
@@ -64,6 +64,7 @@ def train(algorithm: str, seed: int, days: list[Trace], calibration: Calibration
         "max_executors": calibration.max_executors,
         "latency_target": objective.latency_target,
         "penalty": objective.penalty,
+        "reward_penalty": env.reward_penalty,
         "step_seconds": objective.step_seconds,
         "trace_step": trace_step,
         "clock_speed": trace_step / objective.step_seconds,
