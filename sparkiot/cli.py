@@ -123,8 +123,8 @@ def cmd_demo(args) -> int:
         threading.Thread(target=replayer.run, name="replay", daemon=True).start()
 
     print(
-        f"sparkiot demo: replaying {sum(len(s) for s in series)} real readings (glucose monitor, buoy sea temperature) "
-        f"at {args.speed:g}x through an embedded MQTT broker into Spark; Ctrl-C stops."
+        f"sparkiot demo: replaying real readings (glucose monitor, buoy sea temperature; {sum(len(s) for s in series)} in all) "
+        f"at {args.speed:g}x through an embedded MQTT broker into Spark until the series end or the demo stops; Ctrl-C stops."
     )
     dashboard = None
     if not args.no_dashboard:

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 
+# The shortest --interval, in seconds.
+MIN_INTERVAL = 0.05
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -15,6 +19,20 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
+    return value
+
+
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of seconds")
+    if value < MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below the minimum of {MIN_INTERVAL:g} s between reads of the data directory; give {MIN_INTERVAL:g} or more"
+        )
     return value
 
 
@@ -52,12 +70,14 @@ def build_view(args, *, data_dir=None, name=None):
 
 
 def cmd_dashboard(args) -> int:
-    import uvicorn
-
     from sparkiot.dashboard.app import create_app
-    from sparkiot.dashboard.server import bind
+    from sparkiot.dashboard.server import DashboardServer, bind
 
     data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        print(f"error: --data-dir {data_dir} is a file, not a directory; pass the data directory of a pipeline run "
+              "(the directory that contains its tables/, default ./sparkiot-data)", file=sys.stderr)
+        return 2
     if not data_dir.is_dir():
         print(f"error: data directory {data_dir} not found; pass the --data-dir of a pipeline run (default ./sparkiot-data)",
               file=sys.stderr)
@@ -69,10 +89,13 @@ def cmd_dashboard(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host, port = sock.getsockname()[:2]
-    print(f"sparkiot dashboard of {data_dir}: http://{host}:{port}/ (metrics at /metrics); Ctrl-C stops")
-    app = create_app(view, interval=args.interval, max_clients=args.max_clients)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    print(f"sparkiot dashboard of {data_dir}: http://{host}:{port}/ (metrics at /metrics); Ctrl-C stops", flush=True)
+    server = DashboardServer(create_app(view, interval=args.interval, max_clients=args.max_clients))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        # uvicorn has shut down and raises Ctrl-C's signal again on its way out.
+        pass
     return 0
 
 
@@ -94,7 +117,8 @@ def add_dashboard_commands(commands) -> None:
     dashboard.add_argument("--data-dir", default="sparkiot-data", help="the pipeline's data directory (default ./sparkiot-data)")
     dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     dashboard.add_argument("--port", type=port_number, default=8050, help="port to listen on (default 8050; 0 picks a free one)")
-    dashboard.add_argument("--interval", type=_positive, default=0.5, help="seconds between reads of the data directory (default 0.5)")
+    dashboard.add_argument("--interval", type=_interval, default=0.5,
+                           help=f"seconds between reads of the data directory (default 0.5, at least {MIN_INTERVAL:g})")
     dashboard.add_argument("--max-clients", type=_count, default=200, help="open event streams at most (default 200)")
     add_dashboard_arguments(dashboard)
     dashboard.set_defaults(handler=cmd_dashboard)

@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
 import time
 
 import httpx
@@ -10,7 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from sparkiot.dashboard.server import DashboardThread
+from sparkiot.dashboard.server import GRACEFUL_SHUTDOWN_SECONDS, DashboardThread
 from sparkiot.dashboard.view import DataDirView
 from tests.dashboard_support import reading_rows, window_rows, write_batch
 
@@ -67,7 +74,10 @@ def test_event_streams_are_bounded(served):
                 read_events(lines, "hello")
             third = client.get("api/events")
     assert third.status_code == 503
-    assert "2 dashboard event streams are open" in third.json()["detail"]
+    assert third.json()["detail"] == (
+        "2 dashboard event streams are open, the configured maximum; close a page or raise --max-clients"
+    )
+    assert third.headers["retry-after"] == "5"
 
 
 def test_requests_with_bad_parameters(served):
@@ -213,3 +223,177 @@ def test_stream_that_falls_behind_is_marked():
     assert behind is True
     assert queued == 2
     assert other_queued == 0
+
+
+# -- shutdown, rejections and messages -------------------------------------------------------
+
+
+# A stream that is not ended sends a keep-alive comment every 15 s; reading it times out sooner.
+STREAM_TIMEOUT = httpx.Timeout(20, read=8)
+
+
+def read_to_end(lines, timeout: float) -> list[str]:
+    """Return the lines left in a stream once the server ends it, or fail if it is still open after ``timeout`` s."""
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.extend(lines), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise AssertionError(f"the event stream was still open {timeout:g} s after the server was told to stop")
+    return rest
+
+
+def start_command(data_dir, *options: str) -> tuple[subprocess.Popen, str]:
+    """Start ``sparkiot dashboard`` on a free port; return the process and the URL it prints."""
+    # Without PYTHONUNBUFFERED the printed URL must still arrive while the server runs.
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sparkiot", "dashboard", "--data-dir", str(data_dir), "--port", "0", "--interval", "0.1", *options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+    )
+    ready, _, _ = select.select([process.stdout], [], [], 60)
+    line = process.stdout.readline() if ready else ""
+    match = re.search(r": (http://127\.0\.0\.1:\d+/) \(metrics at /metrics\); Ctrl-C stops$", line.rstrip("\n"))
+    if match is None:
+        process.kill()
+        raise AssertionError(f"sparkiot dashboard printed {line!r}; stderr: {process.communicate()[1]}")
+    return process, match.group(1)
+
+
+@pytest.mark.parametrize(("signal_number", "returncode"), [(signal.SIGINT, 0), (signal.SIGTERM, -signal.SIGTERM)])
+def test_signal_stops_command_with_open_stream(tmp_path, signal_number, returncode):
+    write_batch(tmp_path, "windows", 0, window_rows([("1h", "d1", "temp", T0, T0 + 3600, 1, 20.0, 20.0, 20.0)]))
+    process, url = start_command(tmp_path)
+    try:
+        with httpx.Client(base_url=url, timeout=STREAM_TIMEOUT) as client, client.stream("GET", "api/events") as response:
+            lines = response.iter_lines()
+            read_events(lines, "hello")
+            started = time.monotonic()
+            process.send_signal(signal_number)
+            # The server ends the stream: the client reads to its end instead of waiting.
+            rest = read_to_end(lines, 10)
+            ended = time.monotonic() - started
+        process.wait(timeout=10)
+        stopped = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read()
+    assert process.returncode == returncode
+    # The stream ends between two events, not inside one.
+    assert rest[-1] == ""
+    # uvicorn cancels the streams itself only after its graceful shutdown timeout.
+    assert ended < GRACEFUL_SHUTDOWN_SECONDS
+    assert stopped < GRACEFUL_SHUTDOWN_SECONDS
+    assert "timeout graceful shutdown exceeded" not in stderr
+    assert "Traceback" not in stderr
+
+
+def test_stop_ends_open_streams(served):
+    server, _ = served
+    with httpx.Client(base_url=server.url, timeout=STREAM_TIMEOUT) as client, client.stream("GET", "api/events") as response:
+        lines = response.iter_lines()
+        read_events(lines, "hello")
+        started = time.monotonic()
+        server.stop()
+        stopped = time.monotonic() - started
+        rest = read_to_end(lines, 10)
+    assert not server.thread.is_alive()
+    assert stopped < GRACEFUL_SHUTDOWN_SECONDS
+    # Only the blank line that closes the hello event was left to read.
+    assert rest == [""]
+
+
+def test_closed_hub_ends_and_rejects_streams():
+    import asyncio
+
+    from fastapi import HTTPException
+
+    from sparkiot.dashboard.app import Hub, Subscriber
+    from sparkiot.dashboard.view import Update
+
+    async def scenario() -> tuple[list, list, HTTPException]:
+        hub = Hub(lambda: {}, queue_size=2)
+        full = Subscriber("p", None, None, None)
+        hub.subscribe(full)
+        for version in range(3):
+            hub._publish("p", Update(version, [{"device_id": "d1"}], [], [], None, None))
+        hub.close()
+        late = Subscriber("p", None, None, None)
+        hub.subscribe(late)
+        try:
+            hub.admit()
+        except HTTPException as exc:
+            rejection = exc
+        else:
+            raise AssertionError("a closed hub admitted a stream")
+        return ([full.queue.get_nowait() for _ in range(full.queue.qsize())],
+                [late.queue.get_nowait() for _ in range(late.queue.qsize())], rejection)
+
+    full, late, rejection = asyncio.run(scenario())
+    # A full queue is emptied so that the end of the stream fits.
+    assert full == [None]
+    assert late == [None]
+    assert rejection.status_code == 503
+    assert rejection.headers == {"Retry-After": "5"}
+    assert rejection.detail == "the dashboard is shutting down; the page connects again when it is back"
+
+
+def test_long_ids_are_cut_in_messages(served):
+    server, _ = served
+    device = "a" * 5000 + "b" * 5000
+    with httpx.Client(base_url=server.url, timeout=20) as client:
+        series = client.get("api/series", params={"device_id": device, "metric": "temp"})
+        window = client.get("api/series", params={"device_id": "d1", "metric": "temp", "window": "w" * 10000})
+        static = client.get("static/" + "s" * 10000)
+    assert series.status_code == 404
+    assert series.json()["detail"] == (
+        "no windows or alerts for device '" + "a" * 27 + "..." + "b" * 28 + "', metric 'temp'; /api/fleet lists the series"
+    )
+    assert window.status_code == 404
+    assert window.json()["detail"] == "no window '" + "w" * 27 + "..." + "w" * 28 + "' for this series; it has 1h"
+    assert static.status_code == 404
+    assert static.json()["detail"] == "no static file '" + "s" * 27 + "..." + "s" * 28 + "'"
+
+
+def test_data_dir_that_is_a_file(tmp_path, capsys):
+    from sparkiot.cli import main
+
+    file = tmp_path / "pipeline.yaml"
+    file.write_text("name: p\n")
+    missing = tmp_path / "nope"
+
+    assert main(["dashboard", "--data-dir", str(file)]) == 2
+    file_error = capsys.readouterr().err
+    assert main(["dashboard", "--data-dir", str(missing)]) == 2
+    missing_error = capsys.readouterr().err
+    assert file_error == (
+        f"error: --data-dir {file} is a file, not a directory; pass the data directory of a pipeline run "
+        "(the directory that contains its tables/, default ./sparkiot-data)\n"
+    )
+    assert missing_error == (
+        f"error: data directory {missing} not found; pass the --data-dir of a pipeline run (default ./sparkiot-data)\n"
+    )
+
+
+@pytest.mark.parametrize(("given", "message"), [
+    ("0", "0 is below the minimum of 0.05 s between reads of the data directory; give 0.05 or more"),
+    ("-1", "-1 is below the minimum of 0.05 s between reads of the data directory; give 0.05 or more"),
+    ("0.01", "0.01 is below the minimum of 0.05 s between reads of the data directory; give 0.05 or more"),
+    ("nan", "nan is not a finite number of seconds"),
+    ("soon", "'soon' is not a number of seconds"),
+])
+def test_interval_below_minimum_rejected(given, message, capsys):
+    from sparkiot.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["dashboard", f"--interval={given}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"sparkiot dashboard: error: argument --interval: {message}"
+
+
+def test_interval_at_minimum_accepted():
+    from sparkiot.cli import build_parser
+
+    assert build_parser().parse_args(["dashboard", "--interval", "0.05"]).interval == 0.05

@@ -4,6 +4,9 @@
 real series (bokeh-sampledata) into it, then drive Debian's ``chromium`` through Playwright,
 which is given the browser's path, so Playwright downloads nothing. When ``/usr/bin/chromium``
 is missing and the tests run as root on Debian, the set-up installs it with apt.
+
+The last tests need no Spark. They write small tables themselves and serve them with
+``sparkiot dashboard``, which they limit to one event stream, stop and restart while a page is open.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from sparkiot.ingest.replay import Replayer, Series
+from tests.dashboard_support import alert_rows, reading_rows, window_rows, write_batch, write_side_file
 from tests.support import publish_payloads, read_table, wait_for
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.browser]
@@ -144,19 +151,38 @@ def live(tmp_path_factory, mosquitto):
 
 
 @pytest.fixture(scope="module")
-def page(live):
+def chromium():
     from playwright.sync_api import sync_playwright
 
     executable = ensure_chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        errors: list[str] = []
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(live.url)
-        page.errors = errors
-        yield page
+        yield browser
         browser.close()
+
+
+def new_page(chromium):
+    """Open a tab whose uncaught script errors are kept in ``page.errors``."""
+    page = chromium.new_page(viewport={"width": 1400, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.errors = errors
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(chromium, live):
+    page = new_page(chromium)
+    page.goto(live.url)
+    yield page
+    page.close()
+
+
+@pytest.fixture
+def blank_page(chromium):
+    page = new_page(chromium)
+    yield page
+    page.close()
 
 
 def health(live) -> dict:
@@ -268,3 +294,133 @@ def test_metrics_counters_equal_tables(live):
     assert current[("sparkiot_batches_total", (("query", "readings"),))] >= 1
     assert current[("sparkiot_batch_duration_seconds_count", (("query", "readings"),))] == \
         current[("sparkiot_batches_total", (("query", "readings"),))]
+
+
+# -- a standalone dashboard that rejects, stops and restarts under the page ---------------------
+
+T0 = 1_790_000_000.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StandaloneDashboard:
+    """``sparkiot dashboard`` as a process on one port, so that a restart keeps the page's address."""
+
+    def __init__(self, data_dir: Path, *options: str) -> None:
+        self.data_dir = data_dir
+        self.options = options
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sparkiot", "dashboard", "--data-dir", str(self.data_dir), "--port", str(self.port),
+             "--interval", "0.1", *self.options],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        ready, _, _ = select.select([self.process.stdout], [], [], 60)
+        line = self.process.stdout.readline() if ready else ""
+        if self.url not in line:
+            self.kill()
+            raise AssertionError(f"sparkiot dashboard printed {line!r}")
+
+    def stop(self) -> float:
+        """Stop it as Ctrl-C does and return the seconds it took to exit."""
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=10)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def standalone(tmp_path):
+    dashboards: list[StandaloneDashboard] = []
+
+    def start(*options: str) -> StandaloneDashboard:
+        write_batch(tmp_path, "readings", 0, reading_rows([("d1", "temp", T0, 20.0, "s1", time.time())]))
+        write_batch(tmp_path, "windows", 0, window_rows([("1h", "d1", "temp", T0, T0 + 3600, 1, 20.0, 20.0, 20.0)]))
+        dashboard = StandaloneDashboard(tmp_path, *options)
+        dashboards.append(dashboard)
+        dashboard.start()
+        return dashboard
+
+    yield start
+    for dashboard in dashboards:
+        dashboard.kill()
+
+
+def test_rejected_page_connects_later(blank_page, standalone):
+    dashboard = standalone("--max-clients", "1")
+    with httpx.Client(base_url=dashboard.url, timeout=20) as client:
+        with client.stream("GET", "api/events") as held:
+            lines = held.iter_lines()
+            assert next(lines) == "event: hello"
+            blank_page.goto(dashboard.url)
+            # The browser gives up on the 503; the page tries again on its own.
+            blank_page.wait_for_function("window.sparkiotStatus.retries >= 1", timeout=15_000)
+            assert blank_page.eval_on_selector("#connection", "e => e.dataset.state") == "reconnecting"
+    blank_page.wait_for_selector('#connection[data-state="live"]', timeout=20_000)
+    # Updates may have been written while the stream was rejected, so the page reloaded its state once.
+    assert blank_page.evaluate("window.sparkiotStatus.resyncs") == 1
+    assert blank_page.errors == []
+
+
+def test_page_reloads_after_dashboard_restart(blank_page, standalone, tmp_path):
+    dashboard = standalone()
+    blank_page.goto(dashboard.url + "#series/d1/temp/1h")
+    blank_page.wait_for_function("window.sparkiotStatus.points === 1", timeout=15_000)
+    blank_page.wait_for_selector('#connection[data-state="live"]', timeout=15_000)
+
+    # The page's open stream does not hold up Ctrl-C.
+    assert dashboard.stop() < 5
+    blank_page.wait_for_selector('#connection[data-state="reconnecting"]', timeout=15_000)
+    write_batch(tmp_path, "windows", 1, window_rows([("1h", "d1", "temp", T0 + 3600, T0 + 7200, 2, 21.5, 21.0, 22.0)]))
+    dashboard.start()
+
+    # The restarted dashboard read the new window before the page reconnected, so no event
+    # carries it: only the reload after the reconnect shows it.
+    blank_page.wait_for_function("window.sparkiotStatus.points === 2", timeout=30_000)
+    blank_page.wait_for_selector('#connection[data-state="live"]', timeout=15_000)
+    assert blank_page.evaluate("window.sparkiotStatus.resyncs") == 1
+    assert blank_page.evaluate("window.sparkiotStatus.windowEvents") == 0
+    assert blank_page.evaluate("state.series.mean") == [20.0, 21.5]
+    assert blank_page.errors == []
+
+
+def test_chart_reaches_alert_after_last_window(blank_page, standalone, tmp_path):
+    write_batch(tmp_path, "windows", 1, window_rows([("1h", "d1", "temp", T0 + 3600, T0 + 7200, 2, 21.5, 21.0, 22.0)]))
+    write_side_file(tmp_path, "alerts", 0, 0, alert_rows([("a1", "d1", "temp", T0 + 7800, 21.0, 5.0)]))
+    dashboard = standalone()
+    blank_page.goto(dashboard.url + "#series/d1/temp/1h")
+    blank_page.wait_for_function("window.sparkiotStatus.points === 2 && state.series.alerts.length === 1", timeout=15_000)
+
+    # The x axis runs from the first window's start to the alert, which is after the last window's end.
+    assert blank_page.evaluate("[state.chart.scales.x.min, state.chart.scales.x.max]") == [T0, T0 + 7800]
+    # The marker's centre is drawn in the marker's red.
+    marker = """() => {
+      const u = state.chart;
+      const alert = state.series.alerts[0];
+      const x = Math.round(u.valToPos(alert.ts, "x", true));
+      const y = Math.round(u.valToPos(alert.value, "y", true));
+      return Array.from(u.ctx.getImageData(x, y, 1, 1).data);
+    }"""
+    blank_page.wait_for_function(f"({marker})()[3] === 255", timeout=10_000)
+    assert blank_page.evaluate(marker) == [214, 39, 40, 255]
+
+    # A double click after a zoom shows the whole series again, the alert included.
+    blank_page.evaluate(f"state.following = false; state.chart.setScale('x', {{min: {T0}, max: {T0 + 1800}}})")
+    assert blank_page.evaluate("state.chart.scales.x.max") == T0 + 1800
+    blank_page.dblclick("#chart .u-over")
+    assert blank_page.evaluate("state.following") is True
+    assert blank_page.evaluate("[state.chart.scales.x.min, state.chart.scales.x.max]") == [T0, T0 + 7800]
+    assert blank_page.errors == []

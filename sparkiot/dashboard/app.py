@@ -7,7 +7,9 @@ series at a time and receives only that series' windows. Each update is encoded 
 not once per page (:class:`Broadcast`). Each subscriber has a bounded queue:
 a page that falls ``queue_size`` updates behind gets a ``resync`` event and reloads from the
 JSON API instead of the server buffering without bound. At most ``max_clients`` event streams
-are open at once; the next one gets 503 with a message saying so.
+are open at once; the next one gets 503 with a message saying so and a ``Retry-After`` header.
+:meth:`Hub.close` ends every open stream, so that a server that shuts down need not wait for
+pages that never hang up.
 
 The page and its script use relative URLs, so :func:`dashboard_router` serves the same files
 at the root (``sparkiot dashboard``) and under ``/dashboard/NAME/`` (the control plane).
@@ -30,6 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sparkiot.config import _short_repr
 from sparkiot.dashboard.metrics import registry_for
 from sparkiot.dashboard.view import DataDirView, Update
 
@@ -43,10 +46,16 @@ STATIC_FILES = {
     "vendor/uplot/LICENSE": "text/plain",
 }
 
+# The Retry-After header, in seconds, of a 503 response to an event stream request.
+RETRY_AFTER_SECONDS = 5
+
 
 @dataclass(eq=False)
 class Subscriber:
-    """One open event stream: the view it follows, its series and its bounded queue of updates."""
+    """One open event stream: the view it follows, its series and its bounded queue of updates.
+
+    A ``None`` in the queue ends the stream.
+    """
 
     view: str
     device_id: str | None
@@ -67,12 +76,27 @@ class Hub:
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.polls = 0
+        self.closed = False
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
+    def close(self) -> None:
+        """End every open event stream and reject new ones. Call it from the event loop's thread."""
+        self.closed = True
+        for subscriber in list(self.subscribers):
+            self._end(subscriber)
+
+    @staticmethod
+    def _end(subscriber: Subscriber) -> None:
+        # Updates still queued are dropped because the page reloads its state when it connects again.
+        while not subscriber.queue.empty():
+            subscriber.queue.get_nowait()
+        subscriber.queue.put_nowait(None)
+
     async def stop(self) -> None:
+        self.close()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -107,16 +131,23 @@ class Hub:
                 subscriber.behind = True
 
     def admit(self) -> None:
-        """Raise 503 when ``max_clients`` event streams are open."""
+        """Raise 503 when the server is shutting down or ``max_clients`` event streams are open."""
+        retry = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        if self.closed:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                "the dashboard is shutting down; the page connects again when it is back", headers=retry)
         if len(self.subscribers) >= self.max_clients:
             raise HTTPException(
                 status.HTTP_503_SERVICE_UNAVAILABLE,
                 f"{self.max_clients} dashboard event streams are open, the configured maximum; close a page or raise --max-clients",
+                headers=retry,
             )
 
     def subscribe(self, subscriber: Subscriber) -> None:
         subscriber.queue = asyncio.Queue(maxsize=self.queue_size)
         self.subscribers.add(subscriber)
+        if self.closed:
+            self._end(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.discard(subscriber)
@@ -177,7 +208,7 @@ def dashboard_router(view_for: Callable[[Request], tuple[str, DataDirView]], hub
     @router.get("/static/{path:path}", include_in_schema=False)
     def static_file(path: str):
         if path not in STATIC_FILES:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {path!r}")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no static file {_short_repr(path)}")
         with resources.as_file(static / path) as file:
             return FileResponse(file, media_type=STATIC_FILES[path], headers={"Cache-Control": "max-age=3600"})
 
@@ -193,10 +224,11 @@ def dashboard_router(view_for: Callable[[Request], tuple[str, DataDirView]], hub
         points = view.series_points(device_id, metric, window)
         if not points["windows"] and not points["alerts"]:
             raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                f"no windows or alerts for device {device_id!r}, metric {metric!r}; /api/fleet lists the series")
+                                f"no windows or alerts for device {_short_repr(device_id)}, metric {_short_repr(metric)}; "
+                                "/api/fleet lists the series")
         if window is not None and window not in points["windows"]:
-            raise HTTPException(status.HTTP_404_NOT_FOUND,
-                                f"no window {window!r} for this series; it has {', '.join(points['windows']) or 'none yet'}")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no window {_short_repr(window)} for this series; "
+                                                           f"it has {', '.join(points['windows']) or 'none yet'}")
         return points
 
     @router.get("/api/alerts")
@@ -227,6 +259,8 @@ def dashboard_router(view_for: Callable[[Request], tuple[str, DataDirView]], hub
             yield ServerSentEvent(event="hello", data={"version": view.version, "polls": hub.polls})
             while True:
                 update = await subscriber.queue.get()
+                if update is None:
+                    return
                 if subscriber.behind:
                     # Dropped updates cannot be replayed; the page reloads its state instead.
                     while not subscriber.queue.empty():

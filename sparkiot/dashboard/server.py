@@ -1,4 +1,5 @@
-"""Run the dashboard's app with uvicorn in a thread of another command (``sparkiot run``, the demo)."""
+"""Serve the dashboard's app with uvicorn for ``sparkiot dashboard`` and in a thread of another command
+(``sparkiot run``, the demo)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ import threading
 import time
 
 import uvicorn
+from fastapi import FastAPI
 
 from sparkiot.dashboard.app import create_app
 from sparkiot.dashboard.view import DataDirView
 
 log = logging.getLogger(__name__)
+
+# Seconds uvicorn waits at shutdown for responses still being sent before it cancels them.
+GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -30,6 +35,24 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class DashboardServer(uvicorn.Server):
+    """A uvicorn server of an app from :func:`~sparkiot.dashboard.app.create_app` that ends its event streams at shutdown.
+
+    uvicorn runs the app's lifespan shutdown only after the open responses end, and an event
+    stream does not end by itself. So the streams are ended first, and an open page does not hold
+    up Ctrl-C, SIGTERM or :meth:`DashboardThread.stop`.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        super().__init__(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
+        self.hub = app.state.hub
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.hub.close()
+        await super().shutdown(sockets=sockets)
+
+
 class DashboardThread:
     """Serve one view's dashboard from a background thread until :meth:`stop`."""
 
@@ -40,8 +63,7 @@ class DashboardThread:
         address = self.socket.getsockname()
         shown_host = f"[{address[0]}]" if ":" in address[0] else address[0]
         self.url = f"http://{shown_host}:{address[1]}/"
-        config = uvicorn.Config(create_app(view, interval=interval, max_clients=max_clients), log_level="warning", access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = DashboardServer(create_app(view, interval=interval, max_clients=max_clients))
         self.thread = threading.Thread(target=self._run, name="dashboard", daemon=True)
 
     def _run(self) -> None:

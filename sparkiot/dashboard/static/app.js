@@ -2,6 +2,11 @@
 // server-sent events. Every URL is relative, so the page works under any prefix.
 "use strict";
 
+// The browser gives up on a stream rejected with an HTTP error, such as the 503 of a server with
+// --max-clients streams open. The page then tries again after a wait that doubles up to the maximum.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30000;
+
 const state = {
   fleet: new Map(),      // "device\u0000metric" -> row
   sites: [],
@@ -13,11 +18,14 @@ const state = {
   chart: null,
   serverOffset: 0,       // the server's clock minus the browser's, in seconds
   loading: false,        // a series is being fetched
+  lost: false,           // the stream failed since it last opened; updates may have been missed
+  retryDelay: RETRY_FIRST_MS,  // the wait before the next attempt after the browser gave up
+  retryTimer: null,
 };
 
 // Seconds from a window row being written to its point being drawn, for tests and benchmarks.
 window.sparkiotShown = [];
-window.sparkiotStatus = { events: 0, windowEvents: 0, resyncs: 0, points: 0, lastHealth: null };
+window.sparkiotStatus = { events: 0, windowEvents: 0, resyncs: 0, retries: 0, points: 0, lastHealth: null };
 
 const MAX_ALERTS = 200;
 const key = (device, metric) => device + "\u0000" + metric;
@@ -72,7 +80,7 @@ function renderHealth(health) {
     batch_seconds: seconds(health.batch_seconds),
     watermark_lag_seconds: seconds(health.watermark_lag_seconds),
     latency_p99_seconds: health.latency_p99_seconds === null ? "–" : "≤ " + seconds(health.latency_p99_seconds),
-    readings_received: text(health.readings_received),
+    readings_received_since_ingest_start: text(health.readings_received_since_ingest_start),
     readings_stored: text(health.readings_stored),
     windows: text(health.windows),
     alerts: text(health.alerts),
@@ -195,6 +203,35 @@ function drawAlerts(u) {
   ctx.restore();
 }
 
+// Return the x range of the whole series, from its first window's start to the later of its last
+// window's end and its newest alert. An alert after the last window's start is then drawn too.
+function fullRange(series) {
+  let min = Infinity;
+  let max = -Infinity;
+  if (series.start.length) {
+    // The windows of one name have one size, so in start order their ends are in order too.
+    min = series.start[0];
+    max = series.end[series.end.length - 1];
+  }
+  for (const alert of series.alerts) {
+    min = Math.min(min, alert.ts);
+    max = Math.max(max, alert.ts);
+  }
+  if (!(max > min)) {
+    // A single instant gets an hour around it.
+    min -= 1800;
+    max += 1800;
+  }
+  return { min, max };
+}
+
+// Show the whole series, as the chart does while it follows new data.
+function showAll() {
+  if (state.chart && state.series && (state.series.start.length || state.series.alerts.length)) {
+    state.chart.setScale("x", fullRange(state.series));
+  }
+}
+
 function makeChart(series) {
   const element = $("#chart");
   element.replaceChildren();
@@ -217,7 +254,9 @@ function makeChart(series) {
     },
   };
   state.chart = new uPlot(options, chartData(series), element);
-  element.addEventListener("dblclick", () => { state.following = true; });
+  // uPlot's own double-click handler has reset the x scale to the windows by now.
+  element.addEventListener("dblclick", () => { state.following = true; showAll(); });
+  if (state.following) showAll();
 }
 
 function zoomAround(ts) {
@@ -288,6 +327,7 @@ function addWindows(points) {
   if (state.chart) {
     if (state.following) {
       state.chart.setData(chartData(series), true);
+      showAll();
     } else {
       const x = state.chart.scales.x;
       state.chart.setData(chartData(series), false);
@@ -328,7 +368,12 @@ function onAlerts(alerts) {
       state.series.alerts.push({ ts: alert.ts, value: alert.value, score: alert.score, alert_id: alert.alert_id });
     }
   }
-  if (state.chart) state.chart.redraw(false);
+  if (!state.chart) return;
+  if (state.following) {
+    showAll();
+  } else {
+    state.chart.redraw(false);
+  }
 }
 
 // Reload what the page shows without opening a new stream: after a reconnect, or when the
@@ -341,6 +386,8 @@ async function resync() {
 
 function openEvents() {
   if (state.events) state.events.close();
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
   const query = new URLSearchParams();
   if (state.selection) {
     query.set("device_id", state.selection.device);
@@ -349,15 +396,25 @@ function openEvents() {
   }
   const events = new EventSource("api/events?" + query);
   state.events = events;
-  let lost = false;
 
   events.addEventListener("open", () => {
     setConnection("live");
+    state.retryDelay = RETRY_FIRST_MS;
     // Updates made while the stream was down are not replayed.
-    if (lost) resync();
-    lost = false;
+    if (state.lost) resync();
+    state.lost = false;
   });
-  events.addEventListener("error", () => { lost = true; setConnection("reconnecting"); });
+  events.addEventListener("error", () => {
+    state.lost = true;
+    setConnection("reconnecting");
+    // The browser reconnects by itself after a dropped connection (CONNECTING), but not after
+    // an HTTP error such as 503 (CLOSED).
+    if (events.readyState !== EventSource.CLOSED || events !== state.events) return;
+    events.close();
+    window.sparkiotStatus.retries++;
+    state.retryTimer = setTimeout(openEvents, state.retryDelay);
+    state.retryDelay = Math.min(state.retryDelay * 2, RETRY_MAX_MS);
+  });
 
   events.addEventListener("hello", () => { window.sparkiotStatus.events++; });
   events.addEventListener("health", (event) => { window.sparkiotStatus.events++; renderHealth(JSON.parse(event.data)); });
