@@ -13,9 +13,9 @@ log = logging.getLogger("sparkiot")
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
     from sqlalchemy.exc import SQLAlchemyError
 
+    from sparkiot.dashboard.server import DashboardServer
     from sparkiot.serverless.api import create_app
     from sparkiot.serverless.control import AlreadyRunning, ControlPlane
     from sparkiot.serverless.settings import load_serve_config
@@ -52,7 +52,9 @@ def cmd_serve(args) -> int:
         print("stopping: draining and stopping every pipeline; they resume when the control plane starts again", flush=True)
         control.shutdown(stop_pipelines=True)
 
-    uvicorn.run(create_app(control, on_shutdown=on_shutdown), host=settings.host, port=settings.port, log_level="warning")
+    app = create_app(control, on_shutdown=on_shutdown)
+    # Served dashboards hold event streams open; the server ends them first so Ctrl-C is not held up.
+    DashboardServer(app, hub=app.state.dashboard_hub, host=settings.host, port=settings.port).run()
     return 0
 
 

@@ -36,17 +36,17 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class DashboardServer(uvicorn.Server):
-    """A uvicorn server of an app from :func:`~sparkiot.dashboard.app.create_app` that ends its event streams at shutdown.
+    """A uvicorn server that ends the event streams of ``hub`` (by default the app's own) at shutdown.
 
     uvicorn runs the app's lifespan shutdown only after the open responses end, and an event
     stream does not end by itself. So the streams are ended first, and an open page does not hold
     up Ctrl-C, SIGTERM or :meth:`DashboardThread.stop`.
     """
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, *, hub=None, **config) -> None:
         super().__init__(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
-                                        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
-        self.hub = app.state.hub
+                                        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS, **config))
+        self.hub = hub if hub is not None else app.state.hub
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self.hub.close()
