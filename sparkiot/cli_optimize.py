@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 # The load's peak, as a share of the largest allocation's throughput, when --peak-rate is not given.
-DEFAULT_PEAK_SHARE = 0.45
+DEFAULT_PEAK_SHARE = 0.25
 
 
 def _number(low: float, *, integer: bool = False, above: bool = False):

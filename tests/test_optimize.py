@@ -207,7 +207,7 @@ def test_calibration_rejects_bad_values(tmp_path):
     with pytest.raises(ConfigError, match="unknown fields speed"):
         load_calibration(path)
     path.write_text("[1, 2]")
-    with pytest.raises(ConfigError, match="must hold a JSON object"):
+    with pytest.raises(ConfigError, match="calibration.json must hold a JSON object"):
         load_calibration(path)
 
 
@@ -268,3 +268,14 @@ def test_simulation_bills_the_driver_and_executors():
     cost, _ = simulation.step(9)
     assert simulation.executors == CAL.max_executors
     assert simulation.done
+
+
+def test_load_scale_shows_the_policy_the_larger_load():
+    small = Metrics(time=600.0, input_rate=1500.0, process_rate=9000.0, batch_duration=2.5, trigger=1.0, backlog=2000,
+                    watermark_lag=None, executors=2, target_executors=2, cores_per_executor=1)
+    large = replace(small, input_rate=6000.0, process_rate=36000.0, backlog=8000)
+    scaled = LearnedPolicy(policy_file="ppo-seed0", load_scale=4.0).observation(small)
+    plain = LearnedPolicy(policy_file="ppo-seed0").observation(large)
+    assert scaled.tolist() == plain.tolist()
+    with pytest.raises(ConfigError, match="load_scale must be a positive number, got -1.0"):
+        LearnedPolicy(policy_file="ppo-seed0", load_scale=-1.0)

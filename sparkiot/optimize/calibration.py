@@ -1,9 +1,9 @@
 """The measured constants of the optimizer's simulator, and what a worker costs per second.
 
-A :class:`Calibration` describes one streaming pipeline on one cluster: how long a micro-batch
-takes (a fixed overhead plus its rows over the throughput of the executors held), how long a
-requested executor takes to run its first task, the trigger, and the sizes of the driver and the
-executors that the platforms bill. ``calibration.json`` beside this module holds the figures
+A :class:`Calibration` describes one streaming pipeline on one cluster. It gives how long a
+micro-batch takes (a fixed overhead plus its rows over the throughput of the executors held) and
+how long a requested executor takes to run its first task. It also gives the trigger and the
+sizes of the driver and the executors that the platforms bill. ``calibration.json`` beside this module holds the figures
 measured on the project's benchmark machine by ``benchmarks/optimizer_calibration.py``; a user
 measures their own cluster with that script and passes the file to ``sparkiot optimize``.
 """
@@ -72,9 +72,9 @@ def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
 
     On a cluster of separate machines each executor brings its own cores, so throughput grows
     with the executor count until something shared (the driver, the source, the sink) limits
-    it. A calibration measured on a small machine, where every executor shares the same cores,
-    cannot show that growth; this gives the model of the larger cluster from the same measured
-    per-executor rate, overhead and start delay.
+    it. A calibration measured on a small machine cannot show that growth, because there every
+    executor shares the same cores. This function builds the larger cluster's model from the
+    same measured per-executor rate, overhead and start delay.
     """
     if max_executors < 1:
         raise ConfigError(f"max_executors must be 1 or more, got {max_executors}")
@@ -83,17 +83,23 @@ def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
                    measured={**calibration.measured, "scaled_out": f"throughput of n executors = n x {first:g}"})
 
 
-def load_calibration(path: str | Path | None = None) -> Calibration:
-    """Read a calibration file (JSON); the default is the one measured on the benchmark machine."""
-    path = Path(path) if path is not None else DEFAULT_CALIBRATION
+def read_json_object(path: Path, label: str) -> dict:
+    """Return the JSON object in ``path``; raise :class:`ConfigError` naming ``label`` when it is unreadable or not an object."""
     try:
         document = json.loads(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read the calibration file {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"{label}: cannot read {path}: {exc.strerror or exc}") from None
     except ValueError as exc:
-        raise ConfigError(f"calibration file {path} is not valid JSON: {exc}") from None
+        raise ConfigError(f"{label}: {path} is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
-        raise ConfigError(f"calibration file {path} must hold a JSON object, such as {DEFAULT_CALIBRATION}")
+        raise ConfigError(f"{label}: {path} must hold a JSON object")
+    return document
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """Read a calibration file (JSON); the default is the one measured on the benchmark machine."""
+    path = Path(path) if path is not None else DEFAULT_CALIBRATION
+    document = read_json_object(path, f"calibration file (such as {DEFAULT_CALIBRATION})")
     known = set(Calibration.__dataclass_fields__)
     unknown = sorted(set(document) - known)
     if unknown:

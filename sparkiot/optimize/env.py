@@ -89,7 +89,7 @@ def observe(metrics: Metrics, previous: Metrics | None, *, rate_scale: float, ma
 
 @dataclass
 class Record:
-    """One simulated run: per step the executors held, the cost, the worst latency; and the reading latencies."""
+    """Record one simulated run: per step the executors held, the cost, the worst latency; and the reading latencies."""
 
     trace: str
     executors: list[int] = field(default_factory=list)

@@ -14,11 +14,12 @@ deterministically. ``sparkiot optimize train`` writes such pairs, and the traine
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 from sparkiot.config import ConfigError, ServerlessConfig
+from sparkiot.optimize.calibration import read_json_object
 from sparkiot.optimize.env import Clock, estimated_latency, observe
 from sparkiot.serverless.scaling import Decision, Metrics
 
@@ -53,9 +54,9 @@ class StaticPolicy:
 class ThresholdPolicy:
     """Adds executors while the estimated latency stays high and removes one after sustained low latency.
 
-    In the manner of Spark's dynamic allocation: while the latency estimate exceeds
+    It works in the manner of Spark's dynamic allocation. While the latency estimate exceeds
     ``scale_up`` times the target, each decision adds twice as many executors as the previous
-    one (1, 2, 4, ...); after ``idle_decisions`` decisions below ``scale_down`` times the target
+    one (1, 2, 4, ...). After ``idle_decisions`` decisions below ``scale_down`` times the target,
     it removes one.
     """
 
@@ -131,12 +132,7 @@ class PIDPolicy:
 
 def read_policy_meta(path: Path) -> dict:
     meta_path = path.with_suffix(".json")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"learned policy {path}: cannot read {meta_path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"learned policy {path}: {meta_path} is not valid JSON: {exc}") from None
+    meta = read_json_object(meta_path, f"learned policy {path}")
     needed = ("algorithm", "mode", "rate_scale", "max_executors", "latency_target", "clock_speed")
     missing = [name for name in needed if name not in meta]
     if missing:
@@ -162,12 +158,18 @@ class LearnedPolicy:
     Options: ``policy_file`` (a path or a shipped name such as ``ppo-seed0``), and for a live
     run the clock of the replayed load: ``day_start`` (seconds after midnight at which the load
     starts) and ``origin`` (Unix time at which it started). Without them the time-of-day
-    features read the pipeline's own clock at the training speed.
+    features read the pipeline's own clock at the training speed. ``load_scale`` multiplies the
+    rates and the backlog in the policy's observation. A small cluster then replays a load that many times
+    smaller than the one the policy was trained for, and the policy decides as it would at full
+    size.
     """
 
     def __init__(self, config: ServerlessConfig | None = None, *, policy_file: str | Path | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, load_scale: float | None = None) -> None:
         options = _options(config)
+        self.load_scale = float(load_scale if load_scale is not None else options.get("load_scale", 1.0))
+        if not math.isfinite(self.load_scale) or self.load_scale <= 0:
+            raise ConfigError(f"learned policy option load_scale must be a positive number, got {self.load_scale!r}")
         self.path = resolve_policy_file(policy_file or options.get("policy_file", "ppo-seed0"))
         self.meta = read_policy_meta(self.path)
         self.model = _load_model(self.path, self.meta["algorithm"])
@@ -188,6 +190,10 @@ class LearnedPolicy:
 
     def observation(self, metrics: Metrics):
         """Return the observation of ``metrics``; the metrics of the call before give the rate's trend."""
+        if self.load_scale != 1.0:
+            metrics = replace(metrics, input_rate=metrics.input_rate * self.load_scale,
+                              process_rate=metrics.process_rate * self.load_scale,
+                              backlog=int(metrics.backlog * self.load_scale))
         previous, self._previous = self._previous, metrics
         return observe(metrics, previous, rate_scale=float(self.meta["rate_scale"]), max_executors=self.max_executors,
                        latency_target=float(self.meta["latency_target"]), clock=self.clock)
