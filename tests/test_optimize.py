@@ -279,3 +279,16 @@ def test_load_scale_shows_the_policy_the_larger_load():
     assert scaled.tolist() == plain.tolist()
     with pytest.raises(ConfigError, match="load_scale must be a positive number, got -1.0"):
         LearnedPolicy(policy_file="ppo-seed0", load_scale=-1.0)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("timestamp,value\n2014-07-01 00:00:00,lots\n", "cannot read .*nyc_taxi.csv"),
+    ("time,count\n2014-07-01 00:00:00,5\n", "cannot read .*needs the columns"),
+    ("timestamp,value\n2014-07-01 00:00:00,inf\n", "has no finite values"),
+])
+def test_unreadable_trace_file_is_named(tmp_path, text, message):
+    path = tmp_path / "nab" / "realKnownCause" / "nyc_taxi.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_traces(tmp_path, sources=("taxi",))

@@ -75,20 +75,32 @@ def read_source(folder: Path, source: str) -> pd.Series:
     if source not in SOURCES:
         raise ConfigError(f"unknown trace source {source!r}; the sources are {', '.join(SOURCES)}")
     path = folder / SOURCES[source]
+    try:
+        series = _read_series(path, source)
+    except (KeyError, ValueError, TypeError, pd.errors.ParserError) as exc:
+        raise ConfigError(
+            f"trace source {source}: cannot read {path}: {exc}; it needs the columns of the published data set "
+            "(timestamp,value for NAB; date,Light for UCI occupancy)"
+        ) from None
+    series = series[~series.index.duplicated()].sort_index()
+    series = series[np.isfinite(series.to_numpy())]
+    if series.empty:
+        raise ConfigError(f"trace source {source}: {path} has no finite values")
+    return series
+
+
+def _read_series(path: Path, source: str) -> pd.Series:
     if source == "occupancy":
         files = [path / name for name in ("datatest.txt", "datatraining.txt", "datatest2.txt")]
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise ConfigError(f"trace source occupancy: missing {', '.join(missing)}")
         frame = pd.concat([pd.read_csv(f, usecols=["date", "Light"]) for f in files])
-        series = pd.Series(frame["Light"].to_numpy(float), index=pd.to_datetime(frame["date"]))
-    else:
-        if not path.is_file():
-            raise ConfigError(f"trace source {source}: {path} does not exist")
-        frame = pd.read_csv(path)
-        series = pd.Series(frame["value"].to_numpy(float), index=pd.to_datetime(frame["timestamp"]))
-    series = series[~series.index.duplicated()].sort_index()
-    return series.dropna()
+        return pd.Series(frame["Light"].to_numpy(float), index=pd.to_datetime(frame["date"]))
+    if not path.is_file():
+        raise ConfigError(f"trace source {source}: {path} does not exist")
+    frame = pd.read_csv(path)
+    return pd.Series(frame["value"].to_numpy(float), index=pd.to_datetime(frame["timestamp"]))
 
 
 def days_of(series: pd.Series, trace_step: float) -> list[tuple[pd.Timestamp, np.ndarray]]:
