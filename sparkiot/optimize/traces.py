@@ -1,9 +1,10 @@
 """Load traces from real public series, scaled to readings per second, split by time.
 
-Each source is a time series whose shape stands for an IoT load: taxi passengers per 30 minutes
-in New York (NAB ``nyc_taxi.csv``), a machine's temperature and an autoscaling group's CPU (NAB
-``machine_temperature_system_failure.csv`` and ``cpu_utilization_asg_misconfiguration.csv``) and
-the light level of an office whose occupancy the UCI data set records. The files are read in
+Each source is a time series whose shape stands for an IoT load. The sources are taxi
+passengers per 30 minutes in New York (NAB ``nyc_taxi.csv``) and a machine's temperature and an
+autoscaling group's CPU (NAB ``machine_temperature_system_failure.csv`` and
+``cpu_utilization_asg_misconfiguration.csv``). The fourth is the light level of an office whose
+occupancy the UCI data set records. The files are read in
 place from a data directory (``--data-dir``, or the ``SPARKIOT_TRACE_DATA`` environment variable);
 sparkiot ships no copy of them.
 
