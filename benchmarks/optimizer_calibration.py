@@ -17,9 +17,9 @@ that ``benchmarks/serverless_cost.py`` serves: one worker of 4 cores and 4 GiB, 
   runtime's ``DATA_DIR/progress.jsonl``.
 * **Fit.** A least-squares line ``seconds = overhead + rows * per_row`` is fitted per ``n``.
   A joint fit with one overhead for every ``n`` is fitted beside it, and the one with the lower
-  Akaike information criterion gives the calibration (with separate fits, the overhead is the
-  one-executor fit's: the optimizer's default model scales out from one executor, and on a small
-  machine the overheads of more executors grow with the contention for its cores). ``throughput[n - 1]`` is ``1 / per_row``. One more executor raises it only
+  Akaike information criterion gives the calibration. With separate fits, the overhead is the
+  one-executor fit's, because the optimizer's default model scales out from one executor. On a
+  small machine the overheads of more executors grow with the contention for its cores. ``throughput[n - 1]`` is ``1 / per_row``. One more executor raises it only
   when its time per row is lower by more than twice the standard error of the difference.
   Otherwise the previous figure repeats, because a drop or a rise within the noise shows no
   measurable gain from that executor.

@@ -70,11 +70,11 @@ def test_step_conserves_readings_and_rounds_the_backlog_up():
     lanes_old, lanes_new, backlog = np.meshgrid([1, 2, 3], [1, 2, 3], [0.0, 500.0, 80_000.0, 2e6], indexing="ij")
     result = advance(CAL, lanes_old, lanes_new, backlog, 5000.0, 4000.0, LEVELS)
     assert np.allclose(result.processed + result.waiting, backlog + 5000.0 * 60.0)
-    kept = np.minimum(result.waiting, LEVELS[-1])
-    assert np.all(result.backlog >= kept - 1e-6)
+    carried = np.minimum(result.waiting, LEVELS[-1])
+    assert np.all(result.backlog >= carried - 1e-6)
     # The grid's next level down would be below what waits: the rounding is to the nearest level up.
     below = LEVELS[np.maximum(result.backlog_level - 1, 0)]
-    assert np.all((below < kept) | (result.backlog_level == 0))
+    assert np.all((below < carried) | (result.backlog_level == 0))
     assert np.allclose(result.dropped, np.clip(result.waiting - LEVELS[-1], 0, None))
 
 
@@ -159,7 +159,7 @@ def test_static_size_for_a_rate():
     assert sized_for(9000.0, CAL, OBJECTIVE) == CAL.max_executors  # no count keeps up
 
 
-def test_threshold_policy_doubles_its_steps_and_removes_one_when_calm():
+def test_threshold_doubles_then_removes_one():
     policy = ThresholdPolicy(latency_target=10.0, scale_up=0.6, scale_down=0.3, idle_decisions=2, max_executors=8)
     busy = Metrics(0, 5000, 1000, 4.0, 1.0, 20_000, None, 1, 1, 1)
     assert policy.decide(busy).executors == 2
@@ -228,7 +228,7 @@ def test_outage_holds_back_readings_and_releases_them():
     assert inject(day, bursts=0.0, outages=3.0, salt=5).events == changed.events
 
 
-def test_traces_split_by_time_and_scale_to_the_peak(shared_data):
+def test_traces_split_and_scaled(shared_data):
     training, held_out = load_traces(shared_data, peak_rate=3000.0)
     for source in ("taxi", "machine", "cpu", "occupancy"):
         train_days = [t for t in training if t.source == source]
@@ -243,7 +243,7 @@ def test_traces_split_by_time_and_scale_to_the_peak(shared_data):
     assert len([t for t in training + held_out if t.source == "taxi"]) == days
 
 
-def test_taxi_day_is_the_mean_of_its_half_hours(shared_data):
+def test_taxi_day_matches_raw_series(shared_data):
     training, _ = load_traces(shared_data, sources=("taxi",), peak_rate=1.0, floor=0.0)
     first = training[0]
     raw = read_source(shared_data, "taxi")
@@ -253,7 +253,8 @@ def test_taxi_day_is_the_mean_of_its_half_hours(shared_data):
     train_raw = raw[raw.index < training[-1].start + pd.Timedelta(days=1)]
     scaled = (day.iloc[0] - train_raw.min()) / (train_raw.max() - train_raw.min())
     assert first.rates[0] == pytest.approx(scaled)
-    assert low >= 0.0 and first.rates.max() <= high
+    assert low >= 0.0
+    assert first.rates.max() <= high
 
 
 def test_evaluate_command_names_a_missing_data_folder(tmp_path, capsys):

@@ -34,7 +34,7 @@ def shown(value: object, limit: int = 80) -> str:
 
 
 class RateLimitedLog:
-    """Log a warning the first time its key occurs, then at most once per ``every`` seconds with the count so far."""
+    """A warning log per key: the first occurrence is logged, then at most one line per ``every`` seconds with the count so far."""
 
     def __init__(self, logger: logging.Logger, every: float = WARNING_EVERY_SECONDS) -> None:
         self.logger = logger

@@ -3,7 +3,7 @@
 A :class:`Calibration` describes one streaming pipeline on one cluster. It gives how long a
 micro-batch takes (a fixed overhead plus its rows over the throughput of the executors held) and
 how long a requested executor takes to run its first task. It also gives the trigger and the
-sizes of the driver and the executors that the platforms bill. ``calibration.json`` beside this module holds the figures
+sizes of the driver and the executors that the platforms bill. ``calibration.json`` beside this module contains the figures
 measured on the project's benchmark machine by ``benchmarks/optimizer_calibration.py``; a user
 measures their own cluster with that script and passes the file to ``sparkiot optimize``.
 """

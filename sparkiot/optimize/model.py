@@ -3,10 +3,10 @@
 One step is one decision interval (``step_seconds``, 60 s by default). At its start the
 executor count changes from ``n_old`` to ``n_new``: executors released stop at once, executors
 requested add capacity ``executor_start`` seconds later and are billed from the request, as the
-serverless platforms bill them. Within the step readings arrive at a constant ``rate`` and the
-query runs micro-batches the way Spark's processing-time trigger does: a batch takes every
-reading waiting when it starts, lasts ``batch_overhead + rows / throughput[n - 1]`` seconds, and
-the next one starts at the next trigger tick, or at once when the batch overran the trigger.
+serverless platforms bill them. Within the step, readings arrive at a constant ``rate``. The
+query runs micro-batches the way Spark's processing-time trigger does. A batch takes every
+reading waiting when it starts and lasts ``batch_overhead + rows / throughput[n - 1]`` seconds.
+The next one starts at the next trigger tick, or at once when the batch overran the trigger.
 A batch still running when the step ends is split there: the rows it has processed count in
 this step, the rest wait for the next.
 
@@ -50,7 +50,7 @@ def latency_edges(low: float = 0.05, high: float = 7200.0, bins: int = 240) -> n
 
 @dataclass
 class StepResult:
-    """What one step did, per lane.
+    """The outcome of one step, per lane.
 
     ``waiting`` is the readings left at the step's end. ``backlog`` is that count rounded up to the
     grid (index ``backlog_level``) and capped at its top; ``dropped`` counts the excess.

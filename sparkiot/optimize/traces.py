@@ -11,7 +11,7 @@ sparkiot ships no copy of them.
 A series is resampled to one value per simulator step, cut into whole days, and scaled so that
 its busiest step is ``peak_rate`` readings per second, above a floor of ``floor`` times the peak
 (sensors report something even at night). The last ``held_out`` share of each source's days is
-kept for evaluation; training never sees them. :func:`inject` then adds, with a seed derived from
+kept for evaluation; training never uses them. :func:`inject` then adds, with a seed derived from
 the trace's name, bursts (load multiplied for a few steps) and outages (no input for a few steps,
 then the readings buffered at the edge arrive on top of the load as the uplink returns).
 """
