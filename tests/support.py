@@ -90,12 +90,13 @@ def read_table(data_dir: Path, table: str) -> pd.DataFrame:
     """Read a Parquet table of the pipeline with pandas (empty when nothing was written yet)."""
     path = Path(data_dir) / "tables" / table
     for _ in range(20):
-        if not path.exists() or not any(path.rglob("*.parquet")):
-            return pd.DataFrame()
         try:
+            if not path.exists() or not any(path.rglob("*.parquet")):
+                return pd.DataFrame()
             return pd.read_parquet(path)
         except FileNotFoundError:
-            # A replayed micro-batch is replacing its partition files right now; read again.
+            # A micro-batch is writing or replacing files right now: Spark removes its
+            # `.spark-staging-*` directory and old partition files while they are walked.
             time.sleep(0.2)
     return pd.read_parquet(path)
 
