@@ -95,8 +95,8 @@ def read_table(data_dir: Path, table: str) -> pd.DataFrame:
                 return pd.DataFrame()
             return pd.read_parquet(path)
         except FileNotFoundError:
-            # A micro-batch is writing or replacing files right now: Spark removes its
-            # `.spark-staging-*` directory and old partition files while they are walked.
+            # A micro-batch is writing files, so Spark may remove its `.spark-staging-*`
+            # directory or old partition files during the walk. Read again.
             time.sleep(0.2)
     return pd.read_parquet(path)
 
