@@ -15,8 +15,8 @@ from gymnasium.utils.env_checker import check_env
 
 from sparkiot.cli import main
 from sparkiot.config import ConfigError, ServerlessConfig
-from sparkiot.optimize.calibration import Calibration, load_calibration, worker_prices
-from sparkiot.optimize.env import Objective, ScalingEnv, Simulation, latency_quantile, run_policy
+from sparkiot.optimize.calibration import Calibration, load_calibration, scaled_out, worker_prices
+from sparkiot.optimize.env import Objective, ScalingEnv, Simulation, default_levels, latency_quantile, run_policy
 from sparkiot.optimize.model import advance, backlog_levels, latency_edges
 from sparkiot.optimize.oracle import PlannedPolicy, optimum, step_objective
 from sparkiot.optimize.policies import TRAINED, LearnedPolicy, PIDPolicy, StaticPolicy, ThresholdPolicy, sized_for
@@ -24,6 +24,8 @@ from sparkiot.optimize.traces import Trace, inject, load_traces, read_source
 from sparkiot.serverless.scaling import Metrics, load_policy
 
 CAL = Calibration(batch_overhead=2.0, throughput=(4000.0, 7000.0, 9000.0), executor_start=8.0, trigger=1.0)
+# The same cluster where each executor count has its own batch overhead.
+PER_COUNT = replace(CAL, batch_overhead=(1.5, 2.5, 4.0))
 PRICES = worker_prices(CAL)
 OBJECTIVE = Objective(latency_target=10.0, penalty=4.0, step_seconds=60.0)
 LEVELS = backlog_levels(10 * 60 * CAL.throughput[-1])
@@ -33,13 +35,16 @@ def trace(rates, name="synthetic") -> Trace:
     return Trace(name, "synthetic", np.asarray(rates, dtype=float), pd.Timestamp("2014-07-01"), 600.0)
 
 
-def reference_step(rate: float, executors: int, step: float = 60.0) -> dict:
+def reference_step(rate: float, executors: int, step: float = 60.0, calibration: Calibration = CAL) -> dict:
     """The same micro-batch rules as an event loop over single batches, with no backlog and no scaling."""
-    mu = CAL.throughput[executors - 1]
+    mu = calibration.throughput[executors - 1]
+    overhead = calibration.batch_overhead
+    if isinstance(overhead, tuple):
+        overhead = overhead[executors - 1]
     free, since, previous_start, oldest = 0.0, 0.0, -math.inf, 0.0
     processed, batches, worst = 0.0, 0, 0.0
     while True:
-        start = max(free, previous_start + CAL.trigger)
+        start = max(free, previous_start + calibration.trigger)
         if start >= step:
             return {"processed": processed, "batches": batches, "worst": worst, "waiting": rate * (step - since)}
         rows = rate * (start - since)
@@ -47,19 +52,20 @@ def reference_step(rate: float, executors: int, step: float = 60.0) -> dict:
             # A trigger with nothing to read runs no batch.
             free = since = previous_start = oldest = start
             continue
-        end = start + CAL.batch_overhead + rows / mu
+        end = start + overhead + rows / mu
         if end > step:
-            done = min(max((step - start - CAL.batch_overhead) * mu, 0.0), rows)
+            done = min(max((step - start - overhead) * mu, 0.0), rows)
             return {"processed": processed + done, "batches": batches + 1, "worst": max(worst, step - oldest),
                     "waiting": rows - done + rate * (step - start)}
         processed, batches, worst = processed + rows, batches + 1, max(worst, end - oldest)
         free, since, previous_start, oldest = end, start, start, start
 
 
+@pytest.mark.parametrize("calibration", [CAL, PER_COUNT], ids=["one-overhead", "overhead-per-count"])
 @pytest.mark.parametrize("rate,executors", [(50.0, 1), (1500.0, 1), (3000.0, 2), (6500.0, 3), (3900.0, 1)])
-def test_step_matches_an_event_loop_of_single_batches(rate, executors):
-    result = advance(CAL, executors, executors, 0.0, rate, rate, LEVELS)
-    expected = reference_step(rate, executors)
+def test_step_matches_an_event_loop_of_single_batches(rate, executors, calibration):
+    result = advance(calibration, executors, executors, 0.0, rate, rate, LEVELS)
+    expected = reference_step(rate, executors, calibration=calibration)
     assert int(result.batches) == expected["batches"]
     assert float(result.processed) == pytest.approx(expected["processed"], rel=1e-9)
     assert float(result.worst_latency) == pytest.approx(expected["worst"], rel=1e-9)
@@ -91,6 +97,38 @@ def test_new_executors_add_capacity_after_the_start_delay():
     scaled = advance(CAL, 1, 3, 200_000.0, 3000.0, 3000.0, LEVELS)
     instant = advance(replace(CAL, executor_start=0.0), 1, 3, 200_000.0, 3000.0, 3000.0, LEVELS)
     assert float(slow.processed) < float(scaled.processed) < float(instant.processed)
+
+
+def test_scaling_uses_new_count_overhead():
+    arguments = (200_000.0, 3000.0, 3000.0, LEVELS)
+    at_once = advance(replace(PER_COUNT, executor_start=0.0), 1, 3, *arguments)
+    three_throughout = advance(PER_COUNT, 3, 3, *arguments)
+    assert int(at_once.batches) == int(three_throughout.batches)
+    assert float(at_once.processed) == pytest.approx(float(three_throughout.processed), rel=1e-12)
+    # An executor that starts after the step ends leaves the step as it was with one executor.
+    never = advance(replace(PER_COUNT, executor_start=61.0), 1, 3, *arguments)
+    alone = advance(PER_COUNT, 1, 1, *arguments)
+    assert int(never.batches) == int(alone.batches)
+    assert float(never.processed) == pytest.approx(float(alone.processed), rel=1e-12)
+
+
+def test_lead_in_shows_a_loaded_pipeline():
+    seen = []
+
+    class Recorder:
+        def decide(self, metrics):
+            seen.append(metrics)
+            return None
+
+    day = trace(np.full(3, 3900.0))
+    record = run_policy(Recorder(), day, CAL, PRICES, OBJECTIVE, lead_in=True)
+    one_step = advance(CAL, 1, 1, 0.0, 3900.0, 3900.0, default_levels(CAL, OBJECTIVE))
+    assert float(one_step.backlog) > 0
+    assert seen[0].backlog == int(round(float(one_step.backlog)))
+    assert seen[0].time == 0.0
+    assert len(record.executors) == 3
+    run_policy(Recorder(), day, CAL, PRICES, OBJECTIVE)
+    assert seen[3].backlog == 0
 
 
 def test_latency_histogram_counts_every_stored_reading():
@@ -209,6 +247,24 @@ def test_calibration_rejects_bad_values(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="calibration.json must hold a JSON object"):
         load_calibration(path)
+    with pytest.raises(ConfigError, match="batch_overhead lists 2 overheads but throughput lists 3 executor counts"):
+        replace(CAL, batch_overhead=(1.0, 2.0))
+    with pytest.raises(ConfigError, match="batch_overhead of 2 executors must be a finite number of seconds >= 0, got nan"):
+        replace(CAL, batch_overhead=(1.0, math.nan, 2.0))
+    path.write_text(json.dumps({"batch_overhead": 1, "throughput": 5, "executor_start": 1, "trigger": 1}))
+    with pytest.raises(ConfigError, match="throughput must be a list of readings per second, got 5"):
+        load_calibration(path)
+
+
+def test_overhead_per_count_round_trips(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps(PER_COUNT.as_dict()))
+    loaded = load_calibration(path)
+    assert loaded == PER_COUNT
+    assert loaded.overheads == (1.5, 2.5, 4.0)
+    assert CAL.overheads == (2.0, 2.0, 2.0)
+    # The scaled-out model gives every executor count the one-executor overhead.
+    assert scaled_out(PER_COUNT, 4).overheads == (1.5, 1.5, 1.5, 1.5)
 
 
 def test_shipped_calibration_loads():

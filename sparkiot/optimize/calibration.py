@@ -25,12 +25,13 @@ class Calibration:
     """The simulator's constants; rates are readings per second and times are seconds.
 
     ``throughput[n - 1]`` is the readings per second that a micro-batch processes, beyond its
-    fixed ``batch_overhead``, while ``n`` executors run it. The list covers 1 to
-    ``max_executors``; a measured cluster where one more executor adds nothing repeats the
-    previous figure.
+    fixed overhead, while ``n`` executors run it. The list covers 1 to ``max_executors``; a
+    measured cluster where one more executor adds nothing repeats the previous figure.
+    ``batch_overhead`` is either one overhead for every executor count or a list with one
+    overhead per count, 1 to ``max_executors``.
     """
 
-    batch_overhead: float
+    batch_overhead: float | tuple[float, ...]
     throughput: tuple[float, ...]
     executor_start: float
     trigger: float
@@ -41,17 +42,30 @@ class Calibration:
     measured: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        numbers = {"batch_overhead": self.batch_overhead, "executor_start": self.executor_start, "trigger": self.trigger}
-        for name, value in numbers.items():
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ConfigError(f"calibration {name} must be a finite number of seconds >= 0, got {value!r}")
-        if self.trigger <= 0:
-            raise ConfigError(f"calibration trigger must be above 0 seconds, got {self.trigger!r}")
         if not self.throughput:
             raise ConfigError("calibration throughput must list the readings per second of 1, 2, ... executors")
         for count, rate in enumerate(self.throughput, start=1):
-            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate <= 0:
+            if not _is_number(rate) or rate <= 0:
                 raise ConfigError(f"calibration throughput of {count} executors must be a positive number, got {rate!r}")
+        if isinstance(self.batch_overhead, (list, tuple)):
+            overheads = tuple(self.batch_overhead)
+            if len(overheads) != len(self.throughput):
+                raise ConfigError(f"calibration batch_overhead lists {len(overheads)} overheads but throughput lists "
+                                  f"{len(self.throughput)} executor counts; give one overhead per count or a single number")
+            for count, value in enumerate(overheads, start=1):
+                if not _is_number(value) or value < 0:
+                    raise ConfigError(f"calibration batch_overhead of {count} executors must be a finite number of "
+                                      f"seconds >= 0, got {value!r}")
+            # The frozen dataclass stores a tuple, so that calibrations compare by value.
+            object.__setattr__(self, "batch_overhead", overheads)
+        numbers = {"executor_start": self.executor_start, "trigger": self.trigger}
+        if not isinstance(self.batch_overhead, tuple):
+            numbers["batch_overhead"] = self.batch_overhead
+        for name, value in numbers.items():
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"calibration {name} must be a finite number of seconds >= 0, got {value!r}")
+        if self.trigger <= 0:
+            raise ConfigError(f"calibration trigger must be above 0 seconds, got {self.trigger!r}")
         for name in ("executor_cores", "executor_memory_mib", "driver_cores", "driver_memory_mib"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -61,10 +75,24 @@ class Calibration:
     def max_executors(self) -> int:
         return len(self.throughput)
 
+    @property
+    def overheads(self) -> tuple[float, ...]:
+        """The fixed overhead of a micro-batch run by 1, 2, ... ``max_executors`` executors."""
+        if isinstance(self.batch_overhead, tuple):
+            return self.batch_overhead
+        return (float(self.batch_overhead),) * self.max_executors
+
     def as_dict(self) -> dict:
         document = asdict(self)
         document["throughput"] = list(self.throughput)
+        if isinstance(self.batch_overhead, tuple):
+            document["batch_overhead"] = list(self.batch_overhead)
         return document
+
+
+def _is_number(value: object) -> bool:
+    """Tell whether ``value`` is a finite int or float and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
@@ -74,12 +102,13 @@ def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
     with the executor count until something shared (the driver, the source, the sink) limits
     it. A calibration measured on a small machine cannot show that growth, because there every
     executor shares the same cores. This function builds the larger cluster's model from the
-    same measured per-executor rate, overhead and start delay.
+    same measured per-executor rate, one-executor overhead and start delay.
     """
     if max_executors < 1:
         raise ConfigError(f"max_executors must be 1 or more, got {max_executors}")
     first = calibration.throughput[0]
-    return replace(calibration, throughput=tuple(first * count for count in range(1, max_executors + 1)),
+    return replace(calibration, batch_overhead=calibration.overheads[0],
+                   throughput=tuple(first * count for count in range(1, max_executors + 1)),
                    measured={**calibration.measured, "scaled_out": f"throughput of n executors = n x {first:g}"})
 
 
@@ -105,8 +134,10 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     if unknown:
         raise ConfigError(f"calibration file {path}: unknown fields {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
     try:
-        throughput = tuple(document.pop("throughput"))
-        return Calibration(throughput=throughput, **document)
+        throughput = document.pop("throughput")
+        if not isinstance(throughput, list):
+            raise ConfigError(f"calibration file {path}: throughput must be a list of readings per second, got {throughput!r}")
+        return Calibration(throughput=tuple(throughput), **document)
     except KeyError as exc:
         raise ConfigError(f"calibration file {path} lacks the field {exc.args[0]}") from None
     except TypeError as exc:

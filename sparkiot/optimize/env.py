@@ -16,7 +16,7 @@ objective's ``penalty`` unless training sets ``reward_penalty`` apart from it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import gymnasium as gym
 import numpy as np
@@ -149,7 +149,7 @@ class Simulation:
         self.previous: Metrics | None = None
         self.metrics = Metrics(
             time=0.0, input_rate=float(trace.rates[0]), process_rate=float(trace.rates[0]),
-            batch_duration=calibration.batch_overhead, trigger=calibration.trigger, backlog=0,
+            batch_duration=calibration.overheads[initial_executors - 1], trigger=calibration.trigger, backlog=0,
             watermark_lag=None, executors=initial_executors, target_executors=initial_executors,
             cores_per_executor=calibration.executor_cores,
         )
@@ -220,10 +220,21 @@ def apply(decision: Decision | None, current: int) -> int:
 
 
 def run_policy(policy, trace: Trace, calibration: Calibration, prices: WorkerPrices, objective: Objective = Objective(),
-               *, initial_executors: int = 1, record_latencies: bool = True) -> Record:
-    """Play ``trace`` with a scaling policy (an object with ``decide(metrics)``) and return the record."""
+               *, initial_executors: int = 1, record_latencies: bool = True, lead_in: bool = False) -> Record:
+    """Play ``trace`` with a scaling policy (an object with ``decide(metrics)``) and return the record.
+
+    With ``lead_in``, one unrecorded step at the trace's first rate and ``initial_executors`` runs
+    first. The first decision then reads a pipeline already under that load, as in a replay that
+    starts in the middle of a day, in place of an empty one.
+    """
     simulation = Simulation(trace, calibration, prices, objective, initial_executors=initial_executors,
                             record_latencies=record_latencies)
+    if lead_in:
+        warm = Simulation(replace(trace, rates=trace.rates[:1].copy()), calibration, prices, objective,
+                          initial_executors=initial_executors, levels=simulation.levels)
+        warm.step(initial_executors)
+        simulation.backlog = warm.backlog
+        simulation.metrics = replace(warm.metrics, time=0.0)
     if hasattr(policy, "reset"):
         policy.reset(simulation)
     while not simulation.done:

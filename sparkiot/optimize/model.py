@@ -5,7 +5,7 @@ executor count changes from ``n_old`` to ``n_new``: executors released stop at o
 requested add capacity ``executor_start`` seconds later and are billed from the request, as the
 serverless platforms bill them. Within the step, readings arrive at a constant ``rate``. The
 query runs micro-batches the way Spark's processing-time trigger does. A batch takes every
-reading waiting when it starts and lasts ``batch_overhead + rows / throughput[n - 1]`` seconds.
+reading waiting when it starts and lasts ``overheads[n - 1] + rows / throughput[n - 1]`` seconds.
 The next one starts at the next trigger tick, or at once when the batch overran the trigger.
 A batch still running when the step ends is split there: the rows it has processed count in
 this step, the rest wait for the next.
@@ -105,10 +105,11 @@ def advance(
     n_old, n_new, backlog = n_old.ravel(), n_new.ravel(), backlog.ravel()
     lanes = n_old.size
     throughput = np.asarray(calibration.throughput, dtype=float)
-    mu_old = throughput[n_old - 1]
-    mu_new = throughput[n_new - 1]
+    overheads = np.asarray(calibration.overheads, dtype=float)
+    mu_old, mu_new = throughput[n_old - 1], throughput[n_new - 1]
+    overhead_old, overhead_new = overheads[n_old - 1], overheads[n_new - 1]
     ready_at = np.where(n_new > n_old, calibration.executor_start, 0.0)
-    overhead, trigger = calibration.batch_overhead, calibration.trigger
+    trigger = calibration.trigger
 
     free = np.zeros(lanes)  # when the query can start its next batch
     since = np.zeros(lanes)  # arrivals up to this time are in the queue
@@ -134,7 +135,9 @@ def advance(
         if not active.any():
             break
         rows = np.where(active, queue + rate * (start - since), 0.0)
-        mu = np.where(start >= ready_at, mu_new, mu_old)
+        ready = start >= ready_at
+        mu = np.where(ready, mu_new, mu_old)
+        overhead = np.where(ready, overhead_new, overhead_old)
         duration = overhead + rows / mu
         end = start + duration
         empty = active & (rows <= 0)
