@@ -18,8 +18,10 @@ that ``benchmarks/serverless_cost.py`` serves: one worker of 4 cores and 4 GiB, 
 * **Fit.** A least-squares line ``seconds = overhead + rows * per_row`` is fitted per ``n``.
   A joint fit with one overhead for every ``n`` is fitted beside it, and the one with the lower
   Akaike information criterion gives the calibration. With separate fits, the overhead is the
-  one-executor fit's, because the optimizer's default model scales out from one executor. On a
-  small machine the overheads of more executors grow with the contention for its cores. ``throughput[n - 1]`` is ``1 / per_row``. One more executor raises it only
+  one-executor fit's, because the optimizer's default model scales out from one executor.
+  ``--overhead-per-count`` writes each count's own overhead instead: on a small machine the
+  overheads of more executors grow with the contention for its cores. ``throughput[n - 1]`` is
+  ``1 / per_row``. One more executor raises it only
   when its time per row is lower by more than twice the standard error of the difference.
   Otherwise the previous figure repeats, because a drop or a rise within the noise shows no
   measurable gain from that executor.
@@ -37,6 +39,13 @@ and the publisher. The CPU that every other process uses is recorded per phase a
 and ``--max-other-cpu`` leaves batches measured on a busy machine out of the fits.
 
     python benchmarks/optimizer_calibration.py --json results/optimizer-calibration.json --write-calibration
+
+The large batches of the long triggers measure what Spark does with a batch. To model a served
+pipeline that shares its machine with its own ingest and publisher at steady load, leave the
+long triggers out and measure at the rates the pipeline will see:
+
+    python benchmarks/optimizer_calibration.py --rates 1000,2500,3500,4500 --seconds-per-rate 40 \
+        --long-triggers "" --overhead-per-count --write-calibration steady.json
 """
 
 from __future__ import annotations
@@ -411,6 +420,19 @@ def fit_joint(groups: dict[int, tuple[list[int], list[float]]]) -> dict:
     }
 
 
+def fit_overhead(batches: list[dict], throughput: float) -> dict:
+    """Fit the overhead of ``seconds = overhead + rows / throughput`` with ``throughput`` given: the mean residual."""
+    rows = np.asarray([b["rows"] for b in batches], dtype=float)
+    seconds = np.asarray([b["batch_ms"] / 1000 for b in batches])
+    if len(rows) < 3:
+        raise SystemExit(f"too few micro-batches to fit an overhead ({len(rows)} batches)")
+    residual = seconds - rows / throughput
+    overhead = float(residual.mean())
+    rss = float(((residual - overhead) ** 2).sum())
+    return {"batches": len(rows), "rows_min": int(rows.min()), "rows_max": int(rows.max()), "overhead_s": overhead,
+            "overhead_sd_s": float(residual.std(ddof=1)), "throughput": throughput, "rmse_s": math.sqrt(rss / len(rows))}
+
+
 def akaike(rss: float, observations: int, parameters: int) -> float:
     """Compute the Akaike information criterion of a least-squares fit with Gaussian errors (lower is better)."""
     return observations * math.log(max(rss, 1e-12) / observations) + 2 * parameters
@@ -532,7 +554,7 @@ def choose_fit(runs: list[dict]) -> dict:
         per_row = joint["per_row"]
     else:
         chosen = "separate"
-        overhead = min(runs, key=lambda run: run["executors"])["fit"]["overhead_s"]
+        overhead = [run["fit"]["overhead_s"] for run in sorted(runs, key=lambda run: run["executors"])]
         per_row = {run["executors"]: (run["fit"]["per_row_s"], run["fit"]["per_row_se"]) for run in runs}
     return {"chosen": chosen, "overhead_s": overhead, "per_row": per_row, "joint": joint,
             "aic_separate": separate_aic, "aic_joint": joint_aic, "rss_separate": separate_rss}
@@ -578,7 +600,10 @@ def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict
     config = build_config(json.loads(pipeline_spec("calibrate", "mqtt://127.0.0.1:1883", "bench/calibrate",
                                                    initial_executors=1, min_executors=1, max_executors=1)))
     serverless = config.serverless
-    throughput, notes = non_decreasing(choice["per_row"])
+    if choice["chosen"] == "given throughput":
+        throughput, notes = list(choice["throughput"]), []
+    else:
+        throughput, notes = non_decreasing(choice["per_row"])
     per_n = [{"executors": run["executors"], "batches": run["fit"]["batches"], "rows_min": run["fit"]["rows_min"],
               "rows_max": run["fit"]["rows_max"], "overhead_s": round(run["fit"]["overhead_s"], 3),
               "throughput": round(run["fit"]["throughput"]) if math.isfinite(run["fit"]["throughput"]) else None,
@@ -587,14 +612,21 @@ def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict
               "r2": round(run["fit"]["r2"], 3), "rmse_s": round(run["fit"]["rmse_s"], 3),
               "other_cpu_pct": run["load"]["other_cpu_pct"]}
              for run in runs]
-    if len(runs) == 1:
+    if choice["chosen"] == "given throughput":
+        fit_description = (f"the throughput of {args.per_row_from} and, per executor count, the overhead as the mean "
+                           f"of batch seconds minus rows over that throughput")
+        for entry, fit in zip(per_n, choice["fits"]):
+            entry.update(overhead_s=round(fit["overhead_s"], 3), overhead_sd_s=round(fit["overhead_sd_s"], 3),
+                         given_throughput=round(fit["throughput"], 1), given_rmse_s=round(fit["rmse_s"], 3))
+    elif len(runs) == 1:
         fit_description = f"one least-squares fit on 1 executor (R^2 {runs[0]['fit']['r2']:.3f})"
     elif choice["chosen"] == "joint":
         fit_description = (f"joint least-squares fit with one overhead for every executor count "
                            f"(R^2 {choice['joint']['r2']:.3f}), chosen over separate fits per count by the Akaike "
                            f"information criterion ({choice['aic_joint']:.1f} against {choice['aic_separate']:.1f})")
     else:
-        fit_description = (f"separate least-squares fits per executor count with the one-executor fit's overhead, chosen "
+        overhead_source = "each count's own overhead" if args.overhead_per_count else "the one-executor fit's overhead"
+        fit_description = (f"separate least-squares fits per executor count with {overhead_source}, chosen "
                            f"over a joint fit with one overhead by the Akaike information criterion "
                            f"({choice['aic_separate']:.1f} against {choice['aic_joint']:.1f})")
     if args.max_other_cpu is not None:
@@ -622,8 +654,13 @@ def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict
         "executor_start_load_rate": start["rate"],
         "load": load,
     }
+    overhead = choice["overhead_s"]
+    if isinstance(overhead, list):
+        overhead = [round(value, 3) for value in overhead] if args.overhead_per_count else round(overhead[0], 3)
+    else:
+        overhead = round(overhead, 3)
     return {
-        "batch_overhead": round(choice["overhead_s"], 3),
+        "batch_overhead": overhead,
         "throughput": [round(value, 1) for value in throughput],
         "executor_start": round(start["median_first_task_finished_s"], 2),
         "trigger": TRIGGER_SECONDS,
@@ -642,6 +679,42 @@ def validate(document: dict) -> None:
     except ImportError:
         return
     Calibration(**{**document, "throughput": tuple(document["throughput"])})
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Measure the batches of every executor count and the executor start; return every figure."""
+    results: dict = {"machine": machine_info(), "rates": args.rates, "seconds_per_rate": args.seconds_per_rate,
+                     "long_triggers": args.long_triggers, "long_rate": args.long_rate, "quiet_wait": [], "runs": []}
+    others = OtherProcesses().start()
+    sampler = CpuSampler().start()
+    began = time.monotonic()
+    with TunedMosquitto() as broker, tempfile.TemporaryDirectory(prefix="sparkiot-bench-calibration-") as folder:
+        with ServeProcess(Path(folder), workers=WORKERS, stop_when_idle=False) as serve:
+            for executors in sorted(args.executors):
+                results["quiet_wait"].append(wait_for_quiet(args.quiet_wait))
+                results["runs"].append(measure_batches(serve, broker.url, executors, args, sampler))
+            if args.start_trials:
+                results["quiet_wait"].append(wait_for_quiet(args.quiet_wait))
+                results["executor_start"] = measure_executor_start(serve, broker.url, args)
+    sampler.stop()
+    results["load"] = measuring_load(results, others)
+    results["minutes"] = round((time.monotonic() - began) / 60, 1)
+    return results
+
+
+def given_throughput_choice(runs: list[dict], path: str) -> dict:
+    """Fit each executor count's overhead with the throughput of the calibration file ``path``."""
+    from sparkiot.optimize.calibration import load_calibration
+
+    throughput = load_calibration(path).throughput
+    counts = sorted(run["executors"] for run in runs)
+    if counts != list(range(1, len(counts) + 1)) or len(counts) > len(throughput):
+        raise SystemExit(f"--per-row-from {path} gives throughput for 1 to {len(throughput)} executors; "
+                         f"the runs measured {counts}")
+    fits = [fit_overhead(fitted(run["batches"], run["executors"]), throughput[run["executors"] - 1])
+            for run in sorted(runs, key=lambda run: run["executors"])]
+    return {"chosen": "given throughput", "overhead_s": [fit["overhead_s"] for fit in fits],
+            "throughput": [throughput[count - 1] for count in counts], "fits": fits}
 
 
 def main() -> int:
@@ -673,6 +746,14 @@ def main() -> int:
     parser.add_argument("--max-other-cpu", type=float, metavar="PCT",
                         help="leave out of the fits the batches during which other processes used more than PCT "
                              "percent of one core (default: keep every batch)")
+    parser.add_argument("--overhead-per-count", action="store_true",
+                        help="with separate fits, write each executor count's own overhead (default: the "
+                             "one-executor fit's overhead for every count, as the scaled-out model uses it)")
+    parser.add_argument("--per-row-from", metavar="CALIBRATION",
+                        help="take the throughput per executor count from this calibration file and fit only the "
+                             "overheads, for batches whose rows explain too little of their time to fit both")
+    parser.add_argument("--refit", metavar="JSON",
+                        help="measure nothing: fit the batches and executor starts of an earlier run's --json file")
     parser.add_argument("--json", help="write every batch, fit and sample to this file")
     parser.add_argument("--write-calibration", nargs="?", const=str(DEFAULT_CALIBRATION), metavar="PATH",
                         help=f"write the calibration file (default path {DEFAULT_CALIBRATION.relative_to(ROOT)})")
@@ -687,23 +768,14 @@ def main() -> int:
         if args.start_trials < 1:
             parser.error("--write-calibration needs --start-trials of 1 or more")
 
-    results: dict = {"machine": machine_info(), "rates": args.rates, "seconds_per_rate": args.seconds_per_rate,
-                     "long_triggers": args.long_triggers, "long_rate": args.long_rate, "quiet_wait": [], "runs": []}
-    others = OtherProcesses().start()
-    sampler = CpuSampler().start()
-    began = time.monotonic()
-    with TunedMosquitto() as broker, tempfile.TemporaryDirectory(prefix="sparkiot-bench-calibration-") as folder:
-        with ServeProcess(Path(folder), workers=WORKERS, stop_when_idle=False) as serve:
-            for executors in sorted(args.executors):
-                results["quiet_wait"].append(wait_for_quiet(args.quiet_wait))
-                results["runs"].append(measure_batches(serve, broker.url, executors, args, sampler))
-            if args.start_trials:
-                results["quiet_wait"].append(wait_for_quiet(args.quiet_wait))
-                results["executor_start"] = measure_executor_start(serve, broker.url, args)
-    sampler.stop()
-    load = measuring_load(results, others)
-    results["load"] = load
-    results["minutes"] = round((time.monotonic() - began) / 60, 1)
+    if args.refit:
+        results = json.loads(Path(args.refit).read_text())
+        # The method written into the calibration describes the run that measured the batches.
+        for name in ("rates", "seconds_per_rate", "long_triggers", "long_rate"):
+            setattr(args, name, results[name])
+    else:
+        results = measure(args)
+    load = results["load"]
 
     runs = results["runs"]
     print()
@@ -712,7 +784,13 @@ def main() -> int:
                 [[r["executors"], r["fit"]["batches"], r["fit"]["rows_min"], r["fit"]["rows_max"], r["fit"]["overhead_s"],
                   r["fit"]["per_row_s"] * 1e6, r["fit"]["per_row_se"] * 1e6, r["fit"]["throughput"], r["fit"]["r2"],
                   r["fit"]["rmse_s"], r["load"]["other_cpu_pct"]] for r in runs])
-    if len(runs) > 1:
+    if args.per_row_from:
+        choice = given_throughput_choice(runs, args.per_row_from)
+        results["choice"] = choice
+        print("\noverheads with the given throughput: " + ", ".join(
+            f"{count}: {fit['overhead_s']:.3f} s (sd {fit['overhead_sd_s']:.3f} s, {fit['throughput']:,.0f} readings/s)"
+            for count, fit in enumerate(choice["fits"], start=1)))
+    elif len(runs) > 1:
         choice = choose_fit(runs)
         results["choice"] = choice
         joint = choice["joint"]
@@ -728,7 +806,7 @@ def main() -> int:
 
     code = 0
     if args.write_calibration:
-        choice = results.get("choice") or {"chosen": "separate", "overhead_s": runs[0]["fit"]["overhead_s"],
+        choice = results.get("choice") or {"chosen": "separate", "overhead_s": [runs[0]["fit"]["overhead_s"]],
                                            "per_row": {1: (runs[0]["fit"]["per_row_s"], runs[0]["fit"]["per_row_se"])},
                                            "joint": {"r2": runs[0]["fit"]["r2"]}, "aic_joint": math.nan,
                                            "aic_separate": math.nan}
