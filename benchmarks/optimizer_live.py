@@ -19,8 +19,9 @@ The script therefore pins the pipeline at 1 executor by hand (the ``PUT /scaling
 through the warm-up, returns it to the policy 10 s before a decision, and starts the replay
 ``--decision-lead`` seconds after that decision. Each decision then falls just before a step
 boundary, as it does in the simulator. Between the warm-up and the replay the publisher sends
-step 0's rate, so the first decision reads the metrics of a pipeline already running at that rate, as
-the simulator's first decision does. The replay's start differs from the clock's ``origin``, which is
+step 0's rate, so the first decision reads the metrics of a pipeline already running at that rate.
+The simulator runs the same lead-in: one unrecorded step at step 0's rate with 1 executor
+(``run_policy(lead_in=True)``). The replay's start differs from the clock's ``origin``, which is
 fixed at submit, by the runtime's start delay; the output reports that offset.
 
 Measured: every scaling event that the control plane recorded (time, from, to, reason), the
@@ -28,6 +29,8 @@ executor count the policy set for each step, the executors held (from the ledger
 replay window (the ledger clipped to it, priced for ``--platform``), and the latency of every
 reading received during the replay, from its receipt by the ingest to the end of the micro-batch
 that stored it. The simulator plays the same rates with the same policy from 1 executor.
+``--from-json`` compares a recorded run with the simulator again, for example with another
+``--calibration``, without running the cluster.
 
 Tolerances, stated before the run: the simulator's prediction agrees with the measurement when
 
@@ -112,6 +115,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quiet-wait", type=float, default=120.0,
                         help="seconds to wait for other processes to go idle before the live run; 0 skips the wait (default 120)")
     parser.add_argument("--dry-run", action="store_true", help="compute the segment and the simulator's prediction only")
+    parser.add_argument("--from-json", type=Path, metavar="JSON",
+                        help="run no cluster: compare the live run recorded in an earlier --json file, made with the "
+                             "same segment options, with the simulator's prediction again")
     parser.add_argument("--json", help="write everything to this file")
     args = parser.parse_args(argv)
     if args.data_dir is None:
@@ -164,15 +170,24 @@ def load_setup(args: argparse.Namespace) -> dict:
             "day_start": args.first_step * trace_step, "load_scale": args.load_scale}
 
 
-def simulate(setup: dict) -> dict:
-    """Play the segment in the simulator with the same policy from 1 executor; return per-step figures and totals."""
+def simulate(setup: dict, counts: list[int] | None = None) -> dict:
+    """Play the segment in the simulator with the same policy from 1 executor; return per-step figures and totals.
+
+    With ``counts``, the simulator uses those executor counts, one per step, in place of the policy's decisions.
+    """
     from sparkiot.optimize.env import Clock, latency_quantile, run_policy
+    from sparkiot.optimize.oracle import PlannedPolicy
     from sparkiot.optimize.policies import LearnedPolicy
 
     meta, objective = setup["meta"], setup["objective"]
-    policy = LearnedPolicy(policy_file=setup["path"], load_scale=setup["load_scale"],
-                           clock=Clock(day_start=setup["day_start"], speed=float(meta["clock_speed"])))
-    record = run_policy(policy, setup["segment"], setup["calibration"], setup["prices"], objective, initial_executors=1)
+    if counts is not None:
+        policy = PlannedPolicy(counts)
+    else:
+        policy = LearnedPolicy(policy_file=setup["path"], load_scale=setup["load_scale"],
+                               clock=Clock(day_start=setup["day_start"], speed=float(meta["clock_speed"])))
+    # The live pipeline runs at step 0's rate before the replay, so the simulation does too.
+    record = run_policy(policy, setup["segment"], setup["calibration"], setup["prices"], objective, initial_executors=1,
+                        lead_in=True)
     return {
         "executors": [int(n) for n in record.executors],
         "cost": [float(c) for c in record.cost],
@@ -505,6 +520,21 @@ def print_live(setup: dict, live: dict, rows: list[dict]) -> None:
           f"other processes used {live['machine_load']['other_cpu_pct']}% CPU (100% = one core)")
 
 
+def recorded_live(path: Path, segment) -> dict:
+    """Return the live part of an earlier run's JSON file, checking that it replayed the same rates."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--from-json {path}: cannot read the recorded run: {exc}") from None
+    if not isinstance(recorded, dict) or not recorded.get("live"):
+        raise SystemExit(f"--from-json {path}: no live run recorded; pass a --json file of a run without --dry-run")
+    rates = recorded.get("segment", {}).get("rates")
+    if rates is None or not np.allclose(rates, segment.rates):
+        raise SystemExit(f"--from-json {path}: it replayed other rates than {segment.name}; pass the same --source, --day, "
+                         f"--first-step, --steps and --peak-rate as that run")
+    return recorded["live"]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup = load_setup(args)
@@ -515,15 +545,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"policy {setup['path']}; tolerances: {TOLERANCES}", flush=True)
     sim = simulate(setup)
     live = rows = None
-    if not args.dry_run:
+    if args.from_json:
+        live = recorded_live(args.from_json, segment)
+        rows = compare(sim, live)
+    elif not args.dry_run:
         print(f"live replay: {args.steps} steps of {args.step_seconds:g} s after a warm-up", flush=True)
         if args.quiet_wait > 0:
             wait_for_quiet(args.quiet_wait)
         live = run_live(args, setup)
         rows = compare(sim, live)
     print_steps(setup, sim, live)
+    with_live_counts = rows_with_live_counts = None
     if live:
         print_live(setup, live, rows)
+        # The same comparison without the policy's decisions: the simulator uses the live counts.
+        with_live_counts = simulate(setup, counts=[step["policy_executors"] for step in live["steps"]])
+        rows_with_live_counts = compare(with_live_counts, live)
+        print("\nthe simulator with the executor counts the policy set live:")
+        print_table(["figure", "simulated", "measured", "difference", "tolerance", "within"],
+                    [[r["figure"], r["simulated"], r["measured"], r["difference_text"], r["tolerance"], r["within"]]
+                     for r in rows_with_live_counts[:-1]])
     write_json(args.json, {
         "machine": machine_info(),
         "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
@@ -538,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         "simulated": sim,
         "live": live,
         "comparison": rows,
+        "simulated_with_live_counts": with_live_counts,
+        "comparison_with_live_counts": rows_with_live_counts,
     })
     return 0
 
