@@ -702,11 +702,29 @@ def measure(args: argparse.Namespace) -> dict:
     return results
 
 
+def read_run(path: Path) -> dict:
+    """Read an earlier run's ``--json`` file, or exit naming what is wrong with it."""
+    try:
+        results = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--refit {path}: cannot read the earlier run: {exc}") from None
+    needed = ("runs", "load", "minutes", "rates", "seconds_per_rate", "long_triggers", "long_rate")
+    missing = [key for key in needed if not isinstance(results, dict) or key not in results]
+    if missing:
+        raise SystemExit(f"--refit {path}: not a --json file of this script (missing {', '.join(missing)}); "
+                         f"pass the file that a measuring run wrote with --json")
+    return results
+
+
 def given_throughput_choice(runs: list[dict], path: str) -> dict:
     """Fit each executor count's overhead with the throughput of the calibration file ``path``."""
+    from sparkiot.config import ConfigError
     from sparkiot.optimize.calibration import load_calibration
 
-    throughput = load_calibration(path).throughput
+    try:
+        throughput = load_calibration(path).throughput
+    except ConfigError as exc:
+        raise SystemExit(f"--per-row-from: {exc}") from None
     counts = sorted(run["executors"] for run in runs)
     if counts != list(range(1, len(counts) + 1)) or len(counts) > len(throughput):
         raise SystemExit(f"--per-row-from {path} gives throughput for 1 to {len(throughput)} executors; "
@@ -769,7 +787,7 @@ def main() -> int:
             parser.error("--write-calibration needs --start-trials of 1 or more")
 
     if args.refit:
-        results = json.loads(Path(args.refit).read_text())
+        results = read_run(Path(args.refit))
         # The method written into the calibration describes the run that measured the batches.
         for name in ("rates", "seconds_per_rate", "long_triggers", "long_rate"):
             setattr(args, name, results[name])
