@@ -42,10 +42,13 @@ and ``--max-other-cpu`` leaves batches measured on a busy machine out of the fit
 
 The large batches of the long triggers measure what Spark does with a batch. To model a served
 pipeline that shares its machine with its own ingest and publisher at steady load, leave the
-long triggers out and measure at the rates the pipeline will see:
+long triggers out and measure at the rates the pipeline will see. When the rows explain too
+little of the batch time to fit a throughput, refit with the large-batch throughput:
 
-    python benchmarks/optimizer_calibration.py --rates 1000,2500,3500,4500 --seconds-per-rate 40 \
-        --long-triggers "" --overhead-per-count --write-calibration steady.json
+    python benchmarks/optimizer_calibration.py --rates 500,1000,1500,2000,2500 --seconds-per-rate 30 \
+        --long-triggers "" --drain-timeout 600 --json steady-run.json
+    python benchmarks/optimizer_calibration.py --refit steady-run.json \
+        --per-row-from sparkiot/optimize/calibration.json --overhead-per-count --write-calibration steady.json
 """
 
 from __future__ import annotations
