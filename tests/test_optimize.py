@@ -254,6 +254,15 @@ def test_calibration_rejects_bad_values(tmp_path):
     path.write_text(json.dumps({"batch_overhead": 1, "throughput": 5, "executor_start": 1, "trigger": 1}))
     with pytest.raises(ConfigError, match="throughput must be a list of readings per second, got 5"):
         load_calibration(path)
+    path.write_text(json.dumps({"batch_overhead": 1, "throughput": [5], "executor_start": 1}))
+    with pytest.raises(ConfigError, match="lacks the field trigger"):
+        load_calibration(path)
+    path.write_text(json.dumps({"batch_overhead": 1, "throughput": [5], "executor_start": 1, "trigger": 1, "measured": [1]}))
+    with pytest.raises(ConfigError, match="measured must be a JSON object"):
+        load_calibration(path)
+    path.write_text('{"batch_overhead": 1, "throughput": [5], "executor_start": 1' + "0" * 400 + ', "trigger": 1}')
+    with pytest.raises(ConfigError, match="executor_start must be a finite number of seconds"):
+        load_calibration(path)
 
 
 def test_overhead_per_count_round_trips(tmp_path):

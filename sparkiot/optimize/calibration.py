@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from pathlib import Path
 
 from sparkiot.config import ConfigError
@@ -66,6 +66,8 @@ class Calibration:
                 raise ConfigError(f"calibration {name} must be a finite number of seconds >= 0, got {value!r}")
         if self.trigger <= 0:
             raise ConfigError(f"calibration trigger must be above 0 seconds, got {self.trigger!r}")
+        if not isinstance(self.measured, dict):
+            raise ConfigError(f"calibration measured must be a JSON object describing the measurement, got {self.measured!r}")
         for name in ("executor_cores", "executor_memory_mib", "driver_cores", "driver_memory_mib"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -92,7 +94,13 @@ class Calibration:
 
 def _is_number(value: object) -> bool:
     """Tell whether ``value`` is a finite int or float and not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        # An int beyond the float range is no usable figure either.
+        return False
 
 
 def scaled_out(calibration: Calibration, max_executors: int) -> Calibration:
@@ -133,13 +141,19 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     unknown = sorted(set(document) - known)
     if unknown:
         raise ConfigError(f"calibration file {path}: unknown fields {', '.join(unknown)}; the fields are {', '.join(sorted(known))}")
+    required = [name for name, spec in Calibration.__dataclass_fields__.items()
+                if spec.default is MISSING and spec.default_factory is MISSING]
+    missing = [name for name in required if name not in document]
+    if missing:
+        raise ConfigError(f"calibration file {path} lacks the field {', '.join(missing)}; "
+                          f"measure one with benchmarks/optimizer_calibration.py --write-calibration")
+    throughput = document.pop("throughput")
+    if not isinstance(throughput, list):
+        raise ConfigError(f"calibration file {path}: throughput must be a list of readings per second, got {throughput!r}")
     try:
-        throughput = document.pop("throughput")
-        if not isinstance(throughput, list):
-            raise ConfigError(f"calibration file {path}: throughput must be a list of readings per second, got {throughput!r}")
         return Calibration(throughput=tuple(throughput), **document)
-    except KeyError as exc:
-        raise ConfigError(f"calibration file {path} lacks the field {exc.args[0]}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"calibration file {path}: {exc}; correct the file or measure it again") from None
     except TypeError as exc:
         raise ConfigError(f"calibration file {path}: {exc}") from None
 
