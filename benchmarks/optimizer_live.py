@@ -520,19 +520,45 @@ def print_live(setup: dict, live: dict, rows: list[dict]) -> None:
           f"other processes used {live['machine_load']['other_cpu_pct']}% CPU (100% = one core)")
 
 
-def recorded_live(path: Path, segment) -> dict:
-    """Return the live part of an earlier run's JSON file, checking that it replayed the same rates."""
+LIVE_KEYS = ("steps", "events", "timing", "window_cost", "window_cost_per_second_prices", "p50", "p99", "over_target",
+             "published", "exactly_once", "machine_load")
+
+
+def recorded_live(path: Path, setup: dict) -> dict:
+    """Return the live part of an earlier run's JSON file, checking that it replayed the same segment and policy."""
+    segment = setup["segment"]
     try:
         recorded = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--from-json {path}: cannot read the recorded run: {exc}") from None
     if not isinstance(recorded, dict) or not recorded.get("live"):
         raise SystemExit(f"--from-json {path}: no live run recorded; pass a --json file of a run without --dry-run")
-    rates = recorded.get("segment", {}).get("rates")
-    if rates is None or not np.allclose(rates, segment.rates):
+    live = recorded["live"]
+    missing = [key for key in LIVE_KEYS if not isinstance(live, dict) or key not in live]
+    if missing:
+        raise SystemExit(f"--from-json {path}: the live run lacks {', '.join(missing)}; pass a file this script wrote")
+    section = recorded.get("segment")
+    rates = section.get("rates") if isinstance(section, dict) else None
+    try:
+        same_rates = rates is not None and len(rates) == len(segment.rates) and np.allclose(
+            np.asarray(rates, dtype=float), segment.rates)
+    except (TypeError, ValueError):
+        same_rates = False
+    if not same_rates:
         raise SystemExit(f"--from-json {path}: it replayed other rates than {segment.name}; pass the same --source, --day, "
                          f"--first-step, --steps and --peak-rate as that run")
-    return recorded["live"]
+    steps = live["steps"]
+    if (not isinstance(steps, list) or len(steps) != len(segment.rates)
+            or not all(isinstance(step, dict) and type(step.get("policy_executors")) is int for step in steps)):
+        raise SystemExit(f"--from-json {path}: the live run must list {len(segment.rates)} steps with the executor "
+                         f"count the policy set; pass a file this script wrote")
+    arguments = recorded.get("arguments") if isinstance(recorded.get("arguments"), dict) else {}
+    if arguments.get("load_scale") is not None and not math.isclose(float(arguments["load_scale"]), setup["load_scale"]):
+        raise SystemExit(f"--from-json {path}: that run used --load-scale {arguments['load_scale']}; pass the same")
+    policy = recorded.get("policy", {}).get("path") if isinstance(recorded.get("policy"), dict) else None
+    if policy and Path(policy).name != setup["path"].name:
+        raise SystemExit(f"--from-json {path}: that run used the policy {Path(policy).name}; pass the same --policy")
+    return live
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -546,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = simulate(setup)
     live = rows = None
     if args.from_json:
-        live = recorded_live(args.from_json, segment)
+        live = recorded_live(args.from_json, setup)
         rows = compare(sim, live)
     elif not args.dry_run:
         print(f"live replay: {args.steps} steps of {args.step_seconds:g} s after a warm-up", flush=True)
