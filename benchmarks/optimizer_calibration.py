@@ -596,7 +596,8 @@ def non_decreasing(per_row: dict[int, tuple[float, float]]) -> tuple[list[float]
     return figures, notes
 
 
-def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict, args: argparse.Namespace) -> dict:
+def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict, args: argparse.Namespace,
+                         machine: dict | None = None) -> dict:
     from sparkiot.config import build_config
     from sparkiot.serverless.metering import held_memory_mib
 
@@ -639,13 +640,14 @@ def calibration_document(runs: list[dict], choice: dict, start: dict, load: dict
     measured = {
         "date": datetime.date.today().isoformat(),
         "script": "benchmarks/optimizer_calibration.py",
-        "machine": machine_info(),
+        "machine": machine or machine_info(),
         "method": (f"a served pipeline on the standalone cluster (one worker of 4 cores and 4 GiB, executors of "
                    f"{serverless.executor_cores} core and {serverless.executor_memory // 1024**2} MiB, trigger "
                    f"{TRIGGER_SECONDS:g} s) ran with 1 to {len(runs)} fixed executors under "
-                   f"{', '.join(f'{r:g}' for r in args.rates)} readings/s for {args.seconds_per_rate:g} s each, then "
-                   f"{args.long_rate:g} readings/s under triggers of {', '.join(f'{t:g}' for t in args.long_triggers)} s "
-                   f"for larger batches; each micro-batch of the readings query gave its rows and duration, and "
+                   f"{', '.join(f'{r:g}' for r in args.rates)} readings/s for {args.seconds_per_rate:g} s each"
+                   + (f", then {args.long_rate:g} readings/s under triggers of "
+                      f"{', '.join(f'{t:g}' for t in args.long_triggers)} s for larger batches" if args.long_triggers else "")
+                   + f"; each micro-batch of the readings query gave its rows and duration, and "
                    f"executor_start is the median time from a scaling request to the end of the new executor's "
                    f"first task"),
         "fit": fit_description,
@@ -705,8 +707,8 @@ def measure(args: argparse.Namespace) -> dict:
     return results
 
 
-def read_run(path: Path) -> dict:
-    """Read an earlier run's ``--json`` file, or exit naming what is wrong with it."""
+def read_run(path: Path, args: argparse.Namespace) -> dict:
+    """Read an earlier run's ``--json`` file and fit each executor count's line again, or exit naming what is wrong."""
     try:
         results = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
@@ -716,6 +718,45 @@ def read_run(path: Path) -> dict:
     if missing:
         raise SystemExit(f"--refit {path}: not a --json file of this script (missing {', '.join(missing)}); "
                          f"pass the file that a measuring run wrote with --json")
+
+    def invalid(what: str) -> SystemExit:
+        return SystemExit(f"--refit {path}: {what}; pass the file that a measuring run wrote with --json")
+
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    runs = results["runs"]
+    if not isinstance(runs, list) or not runs:
+        raise invalid("it holds no runs")
+    if not all(isinstance(run, dict) and type(run.get("executors")) is int and isinstance(run.get("batches"), list)
+               and isinstance(run.get("load"), dict) and number(run["load"].get("other_cpu_pct")) for run in runs):
+        raise invalid("each run needs a whole executors count, a list of batches and a load with other_cpu_pct")
+    counts = [run["executors"] for run in runs]
+    if len(set(counts)) != len(counts):
+        raise invalid(f"executor counts repeat: {counts}")
+    for run in runs:
+        for batch in run["batches"]:
+            if not isinstance(batch, dict) or not all(number(batch.get(key)) for key in ("rows", "batch_ms", "time")):
+                raise invalid(f"a batch of the {run['executors']}-executor run lacks numeric rows, batch_ms or time: {batch!r}")
+            batch["busy_machine"] = args.max_other_cpu is not None and (batch.get("other_cpu_pct") or 0) > args.max_other_cpu
+        used = fitted(run["batches"], run["executors"])
+        if len(used) < 3 or len({b["rows"] for b in used}) < 2:
+            raise invalid(f"the {run['executors']}-executor run has {len(used)} usable batches, and a fit needs 3 of "
+                          f"2 sizes or more")
+        run["fit"] = fit_line([b["rows"] for b in used], [b["batch_ms"] / 1000 for b in used])
+    if not isinstance(results["load"], dict) or not all(number(results["load"].get(key))
+                                                        for key in ("seconds", "own_cpu_pct", "other_cpu_pct")):
+        raise invalid("its load needs numeric seconds, own_cpu_pct and other_cpu_pct")
+    if not (isinstance(results["rates"], list) and all(number(rate) for rate in results["rates"])
+            and isinstance(results["long_triggers"], list) and all(number(t) for t in results["long_triggers"])
+            and number(results["seconds_per_rate"]) and number(results["long_rate"])):
+        raise invalid("rates and long_triggers must be lists of numbers, seconds_per_rate and long_rate numbers")
+    if args.write_calibration:
+        start = results.get("executor_start")
+        if not (isinstance(start, dict) and isinstance(start.get("samples"), list)
+                and all(isinstance(sample, dict) for sample in start["samples"])
+                and number(start.get("median_first_task_finished_s")) and number(start.get("rate"))):
+            raise invalid("--write-calibration needs the executor_start measurement with its samples, rate and median")
     return results
 
 
@@ -790,7 +831,7 @@ def main() -> int:
             parser.error("--write-calibration needs --start-trials of 1 or more")
 
     if args.refit:
-        results = read_run(Path(args.refit))
+        results = read_run(Path(args.refit), args)
         # The method written into the calibration describes the run that measured the batches.
         for name in ("rates", "seconds_per_rate", "long_triggers", "long_rate"):
             setattr(args, name, results[name])
@@ -832,7 +873,7 @@ def main() -> int:
                                            "joint": {"r2": runs[0]["fit"]["r2"]}, "aic_joint": math.nan,
                                            "aic_separate": math.nan}
         try:
-            document = calibration_document(runs, choice, results["executor_start"], load, args)
+            document = calibration_document(runs, choice, results["executor_start"], load, args, results.get("machine"))
             validate(document)
         except (ValueError, RuntimeError) as exc:
             print(f"no calibration written: {exc}")
