@@ -719,15 +719,15 @@ def read_run(path: Path, args: argparse.Namespace) -> dict:
         raise SystemExit(f"--refit {path}: not a --json file of this script (missing {', '.join(missing)}); "
                          f"pass the file that a measuring run wrote with --json")
 
-    def invalid(what: str) -> SystemExit:
-        return SystemExit(f"--refit {path}: {what}; pass the file that a measuring run wrote with --json")
+    def invalid(problem: str) -> SystemExit:
+        return SystemExit(f"--refit {path}: {problem}; pass the file that a measuring run wrote with --json")
 
     def number(value: object) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
     runs = results["runs"]
     if not isinstance(runs, list) or not runs:
-        raise invalid("it holds no runs")
+        raise invalid("it contains no runs")
     if not all(isinstance(run, dict) and type(run.get("executors")) is int and isinstance(run.get("batches"), list)
                and isinstance(run.get("load"), dict) and number(run["load"].get("other_cpu_pct")) for run in runs):
         raise invalid("each run needs a whole executors count, a list of batches and a load with other_cpu_pct")

@@ -533,10 +533,12 @@ def recorded_live(path: Path, setup: dict) -> dict:
         raise SystemExit(f"--from-json {path}: cannot read the recorded run: {exc}") from None
     if not isinstance(recorded, dict) or not recorded.get("live"):
         raise SystemExit(f"--from-json {path}: no live run recorded; pass a --json file of a run without --dry-run")
+
     live = recorded["live"]
     missing = [key for key in LIVE_KEYS if not isinstance(live, dict) or key not in live]
     if missing:
         raise SystemExit(f"--from-json {path}: the live run lacks {', '.join(missing)}; pass a file this script wrote")
+
     section = recorded.get("segment")
     rates = section.get("rates") if isinstance(section, dict) else None
     try:
@@ -547,11 +549,13 @@ def recorded_live(path: Path, setup: dict) -> dict:
     if not same_rates:
         raise SystemExit(f"--from-json {path}: it replayed other rates than {segment.name}; pass the same --source, --day, "
                          f"--first-step, --steps and --peak-rate as that run")
+
     steps = live["steps"]
     if (not isinstance(steps, list) or len(steps) != len(segment.rates)
             or not all(isinstance(step, dict) and type(step.get("policy_executors")) is int for step in steps)):
         raise SystemExit(f"--from-json {path}: the live run must list {len(segment.rates)} steps with the executor "
                          f"count the policy set; pass a file this script wrote")
+
     arguments = recorded.get("arguments") if isinstance(recorded.get("arguments"), dict) else {}
     if arguments.get("load_scale") is not None and not math.isclose(float(arguments["load_scale"]), setup["load_scale"]):
         raise SystemExit(f"--from-json {path}: that run used --load-scale {arguments['load_scale']}; pass the same")
